@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Starts and stops Rapport's gRPC services as background processes for `make run`.
+#
+#   scripts/services.sh start   # every service that exists, each on its port; waits for SERVING
+#   scripts/services.sh stop    # SIGTERM (graceful), SIGKILL after 20 s
+#   scripts/services.sh status
+#
+# Logs and pids under $RAPPORT_STATE/services. The dev API key (all scopes) is created once in
+# $RAPPORT_STATE/dev-api-key unless RAPPORT_API_KEYS is set.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+RAPPORT_STATE="${RAPPORT_STATE:-$REPO/.state}"
+RUN_DIR="$RAPPORT_STATE/services"
+PY="$REPO/.venv/bin/python"
+# name:grpc port:metrics port — services are added here as they are built.
+SERVICES=("identity:50051:9451")
+for name in profile decision messaging; do
+  case "$name" in
+    profile) port=50052; metrics=9452 ;; decision) port=50053; metrics=9453 ;; messaging) port=50054; metrics=9454 ;;
+  esac
+  [[ -f "$REPO/services/$name/__main__.py" ]] && SERVICES+=("$name:$port:$metrics")
+done
+
+log() { echo "services.sh: $*" >&2; }
+
+dev_key() {
+  local file="$RAPPORT_STATE/dev-api-key"
+  if [[ ! -s "$file" ]]; then
+    mkdir -p "$RAPPORT_STATE"
+    (umask 077; "$PY" -c 'import secrets; print("rk_dev_" + secrets.token_hex(16))' > "$file")
+  fi
+  cat "$file"
+}
+
+running() { [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+wait_serving() {
+  local port=$1 deadline=$((SECONDS + 90))
+  while (( SECONDS < deadline )); do
+    if "$PY" - "$port" <<'PY' 2>/dev/null; then return 0; fi
+import sys, grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+with grpc.insecure_channel(f"127.0.0.1:{sys.argv[1]}") as channel:
+    reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+sys.exit(0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1)
+PY
+    sleep 0.5
+  done
+  return 1
+}
+
+cmd_start() {
+  mkdir -p "$RUN_DIR"
+  local key; key="${RAPPORT_API_KEYS:-dev:$(dev_key):*}"
+  for entry in "${SERVICES[@]}"; do
+    IFS=: read -r name port metrics <<<"$entry"
+    local pid_file="$RUN_DIR/$name.pid" log_file="$RUN_DIR/$name.log"
+    if running "$pid_file"; then log "$name already running (pid $(cat "$pid_file"))"; continue; fi
+    (cd "$REPO" && RAPPORT_API_KEYS="$key" RAPPORT_PORT="$port" RAPPORT_METRICS_PORT="$metrics" \
+      PYTHONPATH="$REPO:$REPO/gen" setsid nohup "$PY" -m "services.$name" >>"$log_file" 2>&1 </dev/null &
+      echo $! >"$pid_file")
+    if ! wait_serving "$port"; then
+      log "$name did not become SERVING on :$port; last log lines:"; tail -n 30 "$log_file" >&2; exit 1
+    fi
+    echo "  $name  grpc 127.0.0.1:$port  metrics http://127.0.0.1:$metrics/metrics  log $log_file"
+  done
+}
+
+cmd_stop() {
+  for entry in "${SERVICES[@]}"; do
+    IFS=: read -r name _ _ <<<"$entry"
+    local pid_file="$RUN_DIR/$name.pid"
+    running "$pid_file" || { rm -f "$pid_file"; continue; }
+    local pid; pid=$(cat "$pid_file")
+    kill -TERM "$pid"
+    for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+    rm -f "$pid_file"
+    log "$name stopped"
+  done
+}
+
+cmd_status() {
+  for entry in "${SERVICES[@]}"; do
+    IFS=: read -r name port _ <<<"$entry"
+    if running "$RUN_DIR/$name.pid"; then echo "$name: running on :$port"; else echo "$name: stopped"; fi
+  done
+}
+
+case "${1:-}" in
+  start) cmd_start ;; stop) cmd_stop ;; status) cmd_status ;; dev-key) dev_key ;;
+  *) echo "usage: $0 start|stop|status|dev-key" >&2; exit 2 ;;
+esac

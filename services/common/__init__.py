@@ -1,0 +1,1 @@
+"""Shared bootstrap of every Rapport service: settings, logging, errors, interceptors, health."""

@@ -1,0 +1,144 @@
+"""Async access to Cassandra over cassandra-driver: awaitable execute, prepared statements once,
+per-call timeouts from the request budget, idempotent schema application."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+from cassandra import ConsistencyLevel, DriverException
+from cassandra.cluster import Cluster, ExecutionProfile, EXEC_PROFILE_DEFAULT, NoHostAvailable, Session
+from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
+from cassandra.query import PreparedStatement, dict_factory
+
+from services.common import deadlines
+from services.common.errors import Unavailable
+
+log = structlog.get_logger("rapport.cassandra")
+
+_IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
+
+
+def _resolve_future(future: asyncio.Future[Any], result: Any) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _fail_future(future: asyncio.Future[Any], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
+
+
+class CassandraClient:
+    """One driver session for a keyspace; `execute` awaits without blocking the event loop."""
+
+    name = "cassandra"
+
+    def __init__(self, session: Session, cluster: Cluster, keyspace: str) -> None:
+        self.session = session
+        self.cluster = cluster
+        self.keyspace = keyspace
+        self._prepared: dict[str, PreparedStatement] = {}
+
+    @classmethod
+    def connect(cls, hosts: Sequence[str], port: int, keyspace: str, local_dc: str,
+                connect_timeout_s: float = 10.0) -> CassandraClient:
+        """Blocking connect (call through `asyncio.to_thread`)."""
+        if not _IDENTIFIER.match(keyspace):
+            raise ValueError(f"keyspace name {keyspace!r} must match {_IDENTIFIER.pattern}")
+        profile = ExecutionProfile(
+            load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=local_dc)),
+            consistency_level=ConsistencyLevel.LOCAL_QUORUM,
+            serial_consistency_level=ConsistencyLevel.LOCAL_SERIAL,
+            row_factory=dict_factory,
+            request_timeout=10.0,
+        )
+        cluster = Cluster(
+            contact_points=list(hosts), port=port, execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+            protocol_version=5, connect_timeout=connect_timeout_s, idle_heartbeat_interval=10,
+            schema_metadata_enabled=False, token_metadata_enabled=True,
+        )
+        session = cluster.connect()
+        return cls(session, cluster, keyspace)
+
+    def apply_schema(self, replication: str, cql_statements: str) -> None:
+        """Blocking, idempotent: CREATE KEYSPACE/TABLE IF NOT EXISTS, with {keyspace} substituted."""
+        self.session.execute(
+            f"CREATE KEYSPACE IF NOT EXISTS {self.keyspace} WITH replication = {replication}", timeout=60
+        )
+        for statement in filter(None, (s.strip() for s in cql_statements.split(";"))):
+            if all(line.strip().startswith("--") or not line.strip() for line in statement.splitlines()):
+                continue
+            self.session.execute(statement.format(keyspace=self.keyspace), timeout=60)
+        self.cluster.control_connection.wait_for_schema_agreement(wait_time=30)
+
+    def prepare(self, cql: str) -> PreparedStatement:
+        statement = self._prepared.get(cql)
+        if statement is None:
+            statement = self.session.prepare(cql.format(keyspace=self.keyspace))
+            self._prepared[cql] = statement
+        return statement
+
+    async def execute(self, cql: str, parameters: Sequence[Any] | None = None, *, serial_read: bool = False,
+                      timeout_s: float | None = None) -> list[dict[str, Any]]:
+        """Run a prepared statement within the request budget; rows as dicts.
+
+        `serial_read` reads at LOCAL_SERIAL, which also sees in-flight lightweight transactions.
+        """
+        statement = self.prepare(cql)
+        if serial_read:
+            statement = statement.bind(parameters or ())
+            statement.consistency_level = ConsistencyLevel.LOCAL_SERIAL
+            parameters = None
+        budget = timeout_s if timeout_s is not None else deadlines.remaining_s()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        try:
+            response = self.session.execute_async(statement, parameters, timeout=budget)
+        except (NoHostAvailable, DriverException) as error:
+            raise Unavailable(f"Cassandra is unreachable: {type(error).__name__}") from error
+        response.add_callbacks(
+            lambda rows: loop.call_soon_threadsafe(_resolve_future, future, rows),
+            lambda error: loop.call_soon_threadsafe(_fail_future, future, error),
+        )
+        try:
+            rows = await future
+        except (NoHostAvailable, DriverException) as error:
+            raise Unavailable(f"Cassandra did not answer in time: {type(error).__name__}") from error
+        return list(rows or ())
+
+    async def execute_lwt(self, cql: str, parameters: Sequence[Any]) -> tuple[bool, dict[str, Any]]:
+        """Run a lightweight transaction; (applied, current row as Cassandra returned it)."""
+        rows = await self.execute(cql, parameters)
+        row = rows[0] if rows else {"[applied]": False}
+        return bool(row.get("[applied]")), row
+
+    async def ping(self, timeout_s: float) -> None:
+        await self.execute("SELECT release_version FROM system.local", timeout_s=timeout_s)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.cluster.shutdown)
+
+
+async def open_cassandra(hosts: Sequence[str], port: int, keyspace: str, local_dc: str, *,
+                         replication: str, schema_cql: str | None, wait_s: float = 120.0) -> CassandraClient:
+    """Connect (waiting up to `wait_s` for the node to come up) and apply the schema if given."""
+    loop = asyncio.get_running_loop()
+    give_up_at = loop.time() + wait_s
+    delay_s = 0.5
+    while True:
+        try:
+            client = await asyncio.to_thread(CassandraClient.connect, hosts, port, keyspace, local_dc)
+            break
+        except NoHostAvailable:
+            if loop.time() + delay_s > give_up_at:
+                raise
+            log.warning("cassandra_not_ready", hosts=list(hosts), port=port, retry_in_s=delay_s)
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, 5.0)
+    if schema_cql is not None:
+        await asyncio.to_thread(client.apply_schema, replication, schema_cql)
+    return client

@@ -1,0 +1,189 @@
+"""Server bootstrap shared by every service: gRPC server, health that tells the truth,
+reflection, metrics endpoint, TLS, and graceful shutdown on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
+
+from services.common.auth import ApiKeyRegistry
+from services.common.interceptors import InterceptorConfig, RapportServerInterceptor, RpcMetrics
+from services.common.settings import CommonSettings
+
+log = structlog.get_logger("rapport.server")
+
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+class DependencyProbe(Protocol):
+    """A backing store whose reachability decides health (Redis, Cassandra, a peer service)."""
+
+    name: str
+
+    async def ping(self, timeout_s: float) -> None: ...
+
+
+@dataclass
+class ServiceRegistration:
+    """What a service contributes to the shared server."""
+
+    full_name: str  # e.g. "rapport.identity.v1.IdentityService"
+    add_to_server: Callable[[grpc.aio.Server], None]
+    method_scopes: dict[str, str]
+    error_domain: str
+    probes: Sequence[DependencyProbe] = field(default_factory=list)
+    on_close: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+class HealthReporter:
+    """Probes every dependency on an interval and sets grpc.health.v1 status accordingly."""
+
+    def __init__(self, service_names: Sequence[str], probes: Sequence[DependencyProbe], interval_s: float) -> None:
+        self.servicer = health.aio.HealthServicer()
+        self._names = ["", *service_names]
+        self._probes = list(probes)
+        self._interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+        self._shutting_down = False
+        self.failing: list[str] = []
+
+    async def check_once(self) -> bool:
+        timeout_s = max(0.2, min(2.0, self._interval_s))
+        results = await asyncio.gather(
+            *(probe.ping(timeout_s) for probe in self._probes), return_exceptions=True
+        )
+        failing = [probe.name for probe, result in zip(self._probes, results, strict=True) if isinstance(result, BaseException)]
+        if failing != self.failing:
+            log.warning("health_changed", failing=failing) if failing else log.info("health_changed", failing=[])
+        self.failing = failing
+        status = health_pb2.HealthCheckResponse.SERVING if not failing else health_pb2.HealthCheckResponse.NOT_SERVING
+        if not self._shutting_down:
+            for name in self._names:
+                await self.servicer.set(name, status)
+        return not failing
+
+    async def _loop(self) -> None:
+        while not self._shutting_down:
+            try:
+                await self.check_once()
+            except Exception:  # noqa: BLE001 - a probe bug must not kill health reporting
+                log.exception("health_probe_error")
+            await asyncio.sleep(self._interval_s)
+
+    async def start(self) -> None:
+        await self.check_once()
+        self._task = asyncio.create_task(self._loop(), name="health-probes")
+
+    async def enter_shutdown(self) -> None:
+        self._shutting_down = True
+        await self.servicer.enter_graceful_shutdown()
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    port: int
+    health: HealthReporter
+    metrics_port: int | None
+    registration: ServiceRegistration
+    _metrics_http: Any = None
+
+    async def stop(self, grace_s: float, drain_s: float = 0.0) -> None:
+        """Say NOT_SERVING, wait `drain_s` for balancers, then stop with `grace_s` for in-flight RPCs."""
+        await self.health.enter_shutdown()
+        if drain_s > 0:
+            await asyncio.sleep(drain_s)
+        await self.server.stop(grace_s)
+        for close in self.registration.on_close:
+            try:
+                await close()
+            except Exception:  # noqa: BLE001
+                log.exception("close_failed")
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+
+
+def _server_credentials(settings: CommonSettings) -> grpc.ServerCredentials | None:
+    if not settings.tls_cert_file:
+        return None
+    cert = Path(settings.tls_cert_file).read_bytes()
+    key = Path(settings.tls_key_file).read_bytes()
+    client_ca = Path(settings.tls_client_ca_file).read_bytes() if settings.tls_client_ca_file else None
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None)
+
+
+async def create_server(settings: CommonSettings, registration: ServiceRegistration) -> RunningServer:
+    """Build, bind and start the server; `settings.port = 0` binds a free port (tests)."""
+    api_keys = ApiKeyRegistry.parse(settings.api_keys)
+    if len(api_keys) == 0:
+        log.warning("no_api_keys", hint="every RPC but health and reflection will be refused: set RAPPORT_API_KEYS")
+    metrics_registry = CollectorRegistry()
+    interceptor = RapportServerInterceptor(
+        InterceptorConfig(
+            error_domain=registration.error_domain,
+            default_deadline_s=settings.default_deadline_ms / 1000,
+            max_deadline_s=settings.max_deadline_ms / 1000,
+            slow_rpc_s=settings.slow_rpc_ms / 1000,
+            access_log=settings.access_log,
+            method_scopes=registration.method_scopes,
+        ),
+        api_keys,
+        RpcMetrics(settings.service_name, metrics_registry),
+    )
+    server = grpc.aio.server(
+        interceptors=[interceptor],
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    registration.add_to_server(server)
+    health_reporter = HealthReporter([registration.full_name], registration.probes, settings.health_interval_s)
+    health_pb2_grpc.add_HealthServicer_to_server(health_reporter.servicer, server)
+    reflection.enable_server_reflection(
+        (registration.full_name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    address = f"{settings.host}:{settings.port}"
+    credentials = _server_credentials(settings)
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    metrics_http = None
+    metrics_port: int | None = None
+    if settings.metrics_port >= 0:
+        metrics_http, _thread = start_http_server(settings.metrics_port, addr=settings.host, registry=metrics_registry)
+        metrics_port = metrics_http.server_port
+    await server.start()
+    await health_reporter.start()
+    return RunningServer(server, port, health_reporter, metrics_port, registration, metrics_http)
+
+
+async def serve(settings: CommonSettings, build: Callable[[CommonSettings], Awaitable[ServiceRegistration]]) -> None:
+    """Run a service until SIGTERM/SIGINT, then shut down gracefully."""
+    registration = await build(settings)
+    running = await create_server(settings, registration)
+    log.info("listening", service=registration.full_name, port=running.port, metrics_port=running.metrics_port,
+             tls=bool(settings.tls_cert_file))
+    stop_requested = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop_requested.set)
+    await stop_requested.wait()
+    log.info("shutting_down", grace_s=settings.shutdown_grace_s, drain_s=settings.shutdown_drain_s)
+    await running.stop(settings.shutdown_grace_s, settings.shutdown_drain_s)
+    log.info("stopped")

@@ -1,0 +1,120 @@
+"""Typed settings read once from environment variables, with documented defaults.
+
+Each service declares a frozen dataclass whose fields carry their variable name and a one-line
+doc in `metadata`; `load_settings` converts by annotation and names the variable on bad input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+SettingsT = TypeVar("SettingsT")
+
+
+class SettingsError(ValueError):
+    """A variable is set to something its field cannot hold."""
+
+
+def setting(env: str, default: Any, doc: str) -> Any:
+    """Declare a settings field bound to environment variable `env`."""
+    return dataclasses.field(default=default, metadata={"env": env, "doc": doc})
+
+
+@dataclasses.dataclass(frozen=True)
+class CommonSettings:
+    """Settings every service shares; services subclass and add their own."""
+
+    service_name: str = setting("RAPPORT_SERVICE_NAME", "rapport", "Name used in logs and metrics.")
+    host: str = setting("RAPPORT_HOST", "127.0.0.1", "Interface the gRPC server binds.")
+    port: int = setting("RAPPORT_PORT", 0, "gRPC port; 0 picks a free one (tests).")
+    metrics_port: int = setting(
+        "RAPPORT_METRICS_PORT", -1, "Prometheus /metrics HTTP port; -1 disables, 0 picks a free one."
+    )
+    log_level: str = setting("RAPPORT_LOG_LEVEL", "info", "debug, info, warning or error.")
+    access_log: bool = setting("RAPPORT_ACCESS_LOG", False, "Log every RPC, not only errors and slow ones.")
+    slow_rpc_ms: float = setting("RAPPORT_SLOW_RPC_MS", 250.0, "RPCs slower than this are logged.")
+    default_deadline_ms: float = setting(
+        "RAPPORT_DEFAULT_DEADLINE_MS", 2000.0, "Budget of a request that arrives without a deadline."
+    )
+    max_deadline_ms: float = setting(
+        "RAPPORT_MAX_DEADLINE_MS", 30000.0, "Longest budget granted to unary RPCs, whatever the caller asks."
+    )
+    shutdown_grace_s: float = setting(
+        "RAPPORT_SHUTDOWN_GRACE_S", 5.0, "On SIGTERM, in-flight RPCs get this long to finish."
+    )
+    shutdown_drain_s: float = setting(
+        "RAPPORT_SHUTDOWN_DRAIN_S", 0.0,
+        "On SIGTERM, health says NOT_SERVING this long before the server stops accepting RPCs "
+        "(lets load balancers notice; set ~5 s on Kubernetes).",
+    )
+    health_interval_s: float = setting(
+        "RAPPORT_HEALTH_INTERVAL_S", 1.0, "How often Redis and Cassandra are probed for health."
+    )
+    api_keys: str = setting(
+        "RAPPORT_API_KEYS", "",
+        "API keys, ';'-separated entries 'name:secret:scope,scope' ('*' = every scope).",
+    )
+    tls_cert_file: str = setting("RAPPORT_TLS_CERT_FILE", "", "PEM server certificate; empty = plaintext.")
+    tls_key_file: str = setting("RAPPORT_TLS_KEY_FILE", "", "PEM private key of the server certificate.")
+    tls_client_ca_file: str = setting(
+        "RAPPORT_TLS_CLIENT_CA_FILE", "", "PEM CA bundle; when set, clients must present a certificate (mTLS)."
+    )
+    redis_url: str = setting("RAPPORT_REDIS_URL", "redis://127.0.0.1:6379/0", "Redis server URL.")
+    redis_prefix: str = setting("RAPPORT_REDIS_PREFIX", "rapport:", "Prefix of every Redis key.")
+    cassandra_hosts: str = setting("RAPPORT_CASSANDRA_HOSTS", "127.0.0.1", "Comma-separated contact points.")
+    cassandra_port: int = setting("RAPPORT_CASSANDRA_PORT", 9042, "CQL native port.")
+    cassandra_keyspace: str = setting("RAPPORT_CASSANDRA_KEYSPACE", "rapport", "Keyspace of this service.")
+    cassandra_replication: str = setting(
+        "RAPPORT_CASSANDRA_REPLICATION",
+        "{'class': 'SimpleStrategy', 'replication_factor': 1}",
+        "Replication map used when the keyspace is created.",
+    )
+    cassandra_local_dc: str = setting(
+        "RAPPORT_CASSANDRA_LOCAL_DC", "datacenter1", "Local data centre for DC-aware load balancing."
+    )
+    apply_schema: bool = setting(
+        "RAPPORT_APPLY_SCHEMA", True, "Create the keyspace and tables (idempotent) at start-up."
+    )
+
+
+def _convert(raw: str, annotation: Any, env: str) -> Any:
+    if annotation is bool:
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off", ""):
+            return False
+        raise SettingsError(f"{env}={raw!r}: expected true or false")
+    if annotation in (int, float):
+        try:
+            return annotation(raw)
+        except ValueError:
+            raise SettingsError(f"{env}={raw!r}: expected a number") from None
+    return raw
+
+
+def load_settings(cls: type[SettingsT], environ: Mapping[str, str] | None = None, **overrides: Any) -> SettingsT:
+    """Build `cls` from the environment; keyword overrides win (tests, CLIs)."""
+    environ = os.environ if environ is None else environ
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        env = field.metadata.get("env")
+        if field.name in overrides:
+            values[field.name] = overrides[field.name]
+        elif env and env in environ:
+            values[field.name] = _convert(environ[env], hints[field.name], env)
+    return cls(**values)
+
+
+def describe_settings(cls: type) -> list[tuple[str, Any, str]]:
+    """(variable, default, doc) rows, for the README and `--help-settings`."""
+    return [
+        (f.metadata["env"], f.default, f.metadata["doc"])
+        for f in dataclasses.fields(cls)
+        if "env" in f.metadata
+    ]

@@ -1,0 +1,1 @@
+"""The identity service: one person id behind every identifier of a visitor."""

@@ -1,0 +1,143 @@
+"""Redis side of identity: identifier -> person cache, merged-person redirects, event stream.
+
+Redis is never the truth: a miss or an outage falls back to Cassandra. Redirects
+(`merged:<loser> -> survivor`) make a cached entry that points at a merged-away person resolve
+to the survivor in the same round trip.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from services.common.redis import RedisClient
+
+# Follows redirects from the cached person to its root, and says whether last_seen is due.
+# Keys beyond KEYS[1] are computed in the script: fine on one Redis, not on Redis Cluster.
+_RESOLVE_SCRIPT = """
+local person = redis.call('GET', KEYS[1])
+if not person then return false end
+for _ = 1, 32 do
+  local survivor = redis.call('GET', ARGV[1] .. person)
+  if not survivor then break end
+  person = survivor
+end
+local due = redis.call('SET', ARGV[2] .. person, '1', 'NX', 'EX', ARGV[3])
+if due then return {person, 1} end
+return {person, 0}
+"""
+
+STREAM_MAX_LEN = 1_000_000
+
+
+@dataclass(frozen=True)
+class CachedPerson:
+    person_id: str
+    last_seen_due: bool
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    event_id: str
+    fields: dict[str, str]
+
+
+class RedisIdentityCache:
+    def __init__(self, client: RedisClient, cache_ttl_s: int, last_seen_every_s: int) -> None:
+        self._redis: aioredis.Redis = client.redis
+        prefix = client.prefix
+        self._identifier_prefix = f"{prefix}identity:idp:"
+        self._redirect_prefix = f"{prefix}identity:merged:"
+        self._seen_prefix = f"{prefix}identity:seen:"
+        self.stream_key = f"{prefix}identity:events"
+        self._cache_ttl_s = cache_ttl_s
+        # A redirect outlives any cache entry that could point at the merged-away person.
+        self._redirect_ttl_s = cache_ttl_s * 2 + 60
+        self._last_seen_every_s = last_seen_every_s
+        self._resolve = self._redis.register_script(_RESOLVE_SCRIPT)
+
+    async def lookup(self, identifier: str) -> CachedPerson | None:
+        try:
+            found = await self._resolve(
+                keys=[self._identifier_prefix + identifier],
+                args=[self._redirect_prefix, self._seen_prefix, self._last_seen_every_s],
+            )
+        except RedisError:
+            return None
+        if not found:
+            return None
+        return CachedPerson(found[0], bool(found[1]))
+
+    async def remember(self, identifiers: Iterable[str], person_id: str) -> None:
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for identifier in identifiers:
+                    pipe.set(self._identifier_prefix + identifier, person_id, ex=self._cache_ttl_s)
+                await pipe.execute()
+        except RedisError:
+            pass  # the cache is an optimisation; Cassandra answers
+
+    async def redirect(self, losers: Iterable[str], survivor: str) -> None:
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for loser in losers:
+                    pipe.set(self._redirect_prefix + loser, survivor, ex=self._redirect_ttl_s)
+                await pipe.execute()
+        except RedisError:
+            pass
+
+    async def forget(self, identifiers: Iterable[str], person_ids: Iterable[str]) -> None:
+        """Erase every key about these identifiers and persons (raises: erasure must be complete)."""
+        keys = [self._identifier_prefix + identifier for identifier in identifiers]
+        for person_id in person_ids:
+            keys += [self._redirect_prefix + person_id, self._seen_prefix + person_id]
+        if keys:
+            await self._redis.delete(*keys)
+
+    async def forget_identifiers(self, identifiers: Iterable[str]) -> None:
+        keys = [self._identifier_prefix + identifier for identifier in identifiers]
+        try:
+            if keys:
+                await self._redis.delete(*keys)
+        except RedisError:
+            pass
+
+    # event stream
+    async def publish(self, fields: dict[str, str]) -> str:
+        return str(await self._redis.xadd(self.stream_key, fields, maxlen=STREAM_MAX_LEN, approximate=True))
+
+    async def erase_events_about(self, person_ids: set[str]) -> int:
+        """Delete stream entries naming any of these persons (GDPR erasure)."""
+        erased = 0
+        cursor = "-"
+        while True:
+            entries = await self._redis.xrange(self.stream_key, min=cursor, max="+", count=1000)
+            if not entries:
+                return erased
+            doomed = [
+                entry_id for entry_id, fields in entries
+                if person_ids.intersection(json.loads(fields.get("persons", "[]")))
+            ]
+            if doomed:
+                erased += await self._redis.xdel(self.stream_key, *doomed)
+            last_id = entries[-1][0]
+            if len(entries) < 1000:
+                return erased
+            cursor = "(" + last_id
+
+    async def read_events(self, after_event_id: str, block_ms: int) -> AsyncIterator[StreamEvent]:
+        """Events after `after_event_id` ("$" = only new ones), forever, in order."""
+        cursor = after_event_id
+        if cursor == "$":
+            latest = await self._redis.xrevrange(self.stream_key, count=1)
+            cursor = latest[0][0] if latest else "0-0"
+        while True:
+            batches = await self._redis.xread({self.stream_key: cursor}, count=100, block=block_ms)
+            for _stream, entries in batches or []:
+                for entry_id, fields in entries:
+                    cursor = entry_id
+                    yield StreamEvent(entry_id, fields)

@@ -1,0 +1,1 @@
+"""Plain identity logic: identifier normalisation, merge rules, guards. No gRPC, no storage."""
