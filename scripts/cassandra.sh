@@ -20,6 +20,8 @@
 #   CASSANDRA_UNSAFE_SYSTEM=1                tests only: -Dcassandra.unsafesystem=true (system
 #                                            tables skip fsync; faster schema changes). Never in
 #                                            anything that keeps data you care about.
+#   CASSANDRA_JVM_EXTRA_OPTS                 extra JVM flags (debugging/profiling), space-split
+#   Any cassandra.yaml key can be overridden per run with -Dcassandra.settings.<key>=<value>.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -43,6 +45,14 @@ SSL_STORAGE_PORT="${CASSANDRA_SSL_STORAGE_PORT:-$((STORAGE_PORT + 1))}"
 JMX_PORT="${CASSANDRA_JMX_PORT:-$((CQL_PORT - 1843))}"
 START_TIMEOUT="${CASSANDRA_START_TIMEOUT:-180}"
 STOP_TIMEOUT=30
+
+# Alive and not a zombie: a daemon orphaned to pid 1 can stay a zombie for a while here, and
+# kill -0 still succeeds on zombies.
+alive() {
+  local st
+  st="$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)" || return 1
+  [[ -n "$st" && "$st" != Z ]]
+}
 
 log() { echo "cassandra.sh: $*" >&2; }
 die() { log "$*"; exit 1; }
@@ -107,7 +117,9 @@ import logging, sys, warnings
 logging.disable(logging.CRITICAL)
 warnings.simplefilter("ignore")
 from cassandra.cluster import Cluster
-cluster = Cluster([sys.argv[1]], port=int(sys.argv[2]), connect_timeout=5, control_connection_timeout=5)
+# protocol_version=5: Cassandra 5.0's default; saves the driver two failed negotiation round trips.
+cluster = Cluster([sys.argv[1]], port=int(sys.argv[2]), protocol_version=5,
+                  connect_timeout=5, control_connection_timeout=5)
 try:
     cluster.connect().execute("SELECT release_version FROM system.local", timeout=5)
 finally:
@@ -115,14 +127,21 @@ finally:
 PY
 }
 
+# system.log is appended to across runs: remember where this run starts so a failure shows
+# this run's lines, not the previous run's shutdown.
+LOG_OFFSET=0
 dump_logs() {
-  local f
-  for f in "$LOG_DIR/system.log" "$LOG_DIR/stdout.log"; do
-    if [[ -s "$f" ]]; then
-      log "---- last 50 lines of $f ----"
-      tail -n 50 "$f" >&2
-    fi
-  done
+  local f="$LOG_DIR/system.log" off="$LOG_OFFSET"
+  (( $(stat -c %s "$f" 2>/dev/null || echo 0) >= off )) || off=0   # rotated meanwhile
+  if (( $(stat -c %s "$f" 2>/dev/null || echo 0) > off )); then
+    log "---- last 50 lines of $f (this run) ----"
+    tail -c +$((off + 1)) "$f" | tail -n 50 >&2
+  fi
+  f="$LOG_DIR/stdout.log"                       # JVM errors before logging starts land here
+  if [[ -s "$f" ]]; then
+    log "---- last 50 lines of $f ----"
+    tail -n 50 "$f" >&2
+  fi
 }
 
 # Waits until CQL answers; fails fast if the JVM dies.
@@ -131,7 +150,7 @@ wait_ready() {
   have_driver && driver=1
   local deadline=$((SECONDS + START_TIMEOUT))
   while (( SECONDS < deadline )); do
-    if [[ -n "$pid" ]] && ! kill -0 "$pid" 2>/dev/null; then
+    if [[ -n "$pid" ]] && ! alive "$pid"; then
       log "Cassandra (pid $pid) exited during startup"
       dump_logs
       exit 1
@@ -144,7 +163,7 @@ wait_ready() {
         break
       fi
     fi
-    sleep 0.5
+    sleep 0.25
   done
   if (( SECONDS >= deadline )); then
     log "CQL did not answer on $HOST:$CQL_PORT within ${START_TIMEOUT}s${pid:+ (pid $pid still running; 'stop' kills it)}"
@@ -200,7 +219,7 @@ cmd_start() {
     "-Dcassandra.native_transport_port=$CQL_PORT"
     "-Dcassandra.storage_port=$STORAGE_PORT"
     "-Dcassandra.ssl_storage_port=$SSL_STORAGE_PORT"
-    "-Dcassandra.jmx.local.port=$JMX_PORT"    # local-only JMX (no remote); nodetool-compatible
+    "-Dcassandra.jmx.local.port=$JMX_PORT"    # JMX on 127.0.0.1 only (no remote JMX)
     "-Dcassandra-foreground=yes"              # otherwise Cassandra closes stdout/stderr
     "-Dcassandra-pidfile=$PID_FILE"           # Cassandra deletes it on a clean exit
   )
@@ -208,11 +227,13 @@ cmd_start() {
     args+=("-Dcassandra.unsafesystem=true")
     log "CASSANDRA_UNSAFE_SYSTEM=1: system tables without fsync (tests only)"
   fi
-  # Extra JVM flags for debugging/profiling, split on spaces.
-  # shellcheck disable=SC2206
-  [[ -n "${CASSANDRA_JVM_EXTRA_OPTS:-}" ]] && args+=(${CASSANDRA_JVM_EXTRA_OPTS})
+  if [[ -n "${CASSANDRA_JVM_EXTRA_OPTS:-}" ]]; then
+    # shellcheck disable=SC2206  # split on spaces on purpose: a list of JVM flags
+    args+=(${CASSANDRA_JVM_EXTRA_OPTS})
+  fi
   args+=(-cp "$LIB_DIR/*" org.apache.cassandra.service.CassandraDaemon)
 
+  LOG_OFFSET="$(stat -c %s "$LOG_DIR/system.log" 2>/dev/null || echo 0)"
   log "starting Cassandra on $HOST:$CQL_PORT (storage $STORAGE_PORT, JMX $JMX_PORT), state in $STATE_DIR"
   # setsid: own session, so a Ctrl-C in the caller's terminal or test runner does not kill it;
   # 8/9 closed so the node does not hold the install/start locks for its whole life.
@@ -234,13 +255,13 @@ cmd_stop() {
   kill -TERM "$pid" 2>/dev/null || true   # SIGTERM: Cassandra's shutdown hook drains cleanly
   local i
   for ((i = 0; i < STOP_TIMEOUT * 2; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
+    alive "$pid" || break
     sleep 0.5
   done
-  if kill -0 "$pid" 2>/dev/null; then
+  if alive "$pid"; then
     log "still alive after ${STOP_TIMEOUT}s, sending SIGKILL"
     kill -KILL "$pid" 2>/dev/null || true
-    while kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
+    for ((i = 0; i < 50; i++)); do alive "$pid" || break; sleep 0.2; done
   fi
   rm -f "$PID_FILE"
   log "stopped"

@@ -1,0 +1,87 @@
+"""Services as real processes, checked by real peers (grpcurl, grpc-health-probe)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from services.common.cassandra import CassandraClient
+from tests.support import API_KEYS, CASSANDRA_HOST, CASSANDRA_PORT, REDIS_URL, REPO, free_port
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def terminate(self, timeout_s: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout_s)
+
+
+def tool(name: str) -> str:
+    """A Go peer installed by `make tools` (on PATH in `make test`)."""
+    found = shutil.which(name) or str(REPO / ".cache" / "bin" / name)
+    assert Path(found).exists(), f"{name} is installed by `make tools`"
+    return found
+
+
+def health_probe(address: str, service: str = "") -> subprocess.CompletedProcess[str]:
+    command = [tool("grpc-health-probe"), "-addr", address, "-connect-timeout", "2s", "-rpc-timeout", "2s"]
+    if service:
+        command += ["-service", service]
+    return subprocess.run(command, capture_output=True, text=True, timeout=10)
+
+
+def start_service(name: str, tmp_path: Path, env: dict[str, str]) -> ServiceProcess:
+    port = free_port()
+    log_path = tmp_path / f"{name}-{port}.log"
+    full_env = {
+        **os.environ,
+        "PYTHONPATH": f"{REPO}:{REPO / 'gen'}",
+        "RAPPORT_PORT": str(port),
+        "RAPPORT_API_KEYS": API_KEYS,
+        "RAPPORT_REDIS_URL": REDIS_URL,
+        "RAPPORT_CASSANDRA_HOSTS": CASSANDRA_HOST,
+        "RAPPORT_CASSANDRA_PORT": str(CASSANDRA_PORT),
+        "RAPPORT_HEALTH_INTERVAL_S": "0.25",
+        **env,
+    }
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen([str(REPO / ".venv/bin/python"), "-m", f"services.{name}"], cwd=REPO,
+                                   env=full_env, stdout=log_file, stderr=subprocess.STDOUT)
+    service = ServiceProcess(name, port, process, log_path)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"{name} exited with {process.returncode}:\n{service.log()}")
+        if health_probe(service.address).returncode == 0:
+            return service
+        time.sleep(0.3)
+    service.terminate()
+    raise AssertionError(f"{name} never became SERVING:\n{service.log()}")
+
+
+@pytest.fixture(scope="session")
+def e2e_keyspace(cassandra_admin: CassandraClient, run_id: str) -> str:
+    keyspace = f"e2e_identity_{run_id}"
+    cassandra_admin.created_keyspaces.append(keyspace)  # type: ignore[attr-defined]
+    return keyspace

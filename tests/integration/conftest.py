@@ -1,0 +1,71 @@
+"""In-process identity servers against the real Redis and Cassandra, one keyspace per run."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+
+from rapport.identity.v1 import identity_service_pb2_grpc as pb_grpc
+from services.common.cassandra import CassandraClient
+from services.common.server import RunningServer, create_server
+from services.common.settings import load_settings
+from services.identity.bootstrap import build_identity
+from services.identity.settings import IdentitySettings
+from tests.support import ADMIN_KEY, API_KEYS, CASSANDRA_HOST, CASSANDRA_PORT, REDIS_URL, bearer
+
+
+@dataclass
+class IdentityHarness:
+    running: RunningServer
+    settings: IdentitySettings
+    channel: grpc.aio.Channel
+    stub: pb_grpc.IdentityServiceStub
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.running.port}"
+
+    async def call(self, method: str, request: Any, key: str = ADMIN_KEY, timeout: float = 10.0) -> Any:
+        return await getattr(self.stub, method)(request, metadata=bearer(key), timeout=timeout)
+
+
+def identity_settings(run_id: str, **overrides: Any) -> IdentitySettings:
+    values: dict[str, Any] = dict(
+        port=0, metrics_port=0, api_keys=API_KEYS, cassandra_keyspace=f"it_identity_{run_id}",
+        cassandra_hosts=CASSANDRA_HOST, cassandra_port=CASSANDRA_PORT, redis_url=REDIS_URL,
+        redis_prefix=f"test:{run_id}:", health_interval_s=0.2, outbox_interval_s=3600.0,
+    )
+    values.update(overrides)
+    return load_settings(IdentitySettings, {}, **values)
+
+
+@asynccontextmanager
+async def running_identity(settings: IdentitySettings) -> AsyncIterator[IdentityHarness]:
+    running = await create_server(settings, await build_identity(settings))
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+    try:
+        yield IdentityHarness(running, settings, channel, pb_grpc.IdentityServiceStub(channel))
+    finally:
+        await channel.close()
+        await running.stop(0.5)
+
+
+@pytest.fixture(scope="session")
+async def identity(cassandra_admin: CassandraClient, run_id: str) -> AsyncIterator[IdentityHarness]:
+    settings = identity_settings(run_id)
+    cassandra_admin.created_keyspaces.append(settings.cassandra_keyspace)  # type: ignore[attr-defined]
+    async with running_identity(settings) as harness:
+        yield harness
+
+
+@pytest.fixture
+def unique() -> Callable[[str], str]:
+    """Identifier values no other test uses."""
+    import uuid
+
+    return lambda label: f"{label}-{uuid.uuid4().hex[:12]}"
