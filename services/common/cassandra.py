@@ -69,9 +69,11 @@ class CassandraClient:
         self.session.execute(
             f"CREATE KEYSPACE IF NOT EXISTS {self.keyspace} WITH replication = {replication}", timeout=60
         )
-        for statement in filter(None, (s.strip() for s in cql_statements.split(";"))):
-            if all(line.strip().startswith("--") or not line.strip() for line in statement.splitlines()):
-                continue
+        # Comments go first: they may contain ';'.
+        without_comments = "\n".join(
+            line for line in cql_statements.splitlines() if not line.strip().startswith("--")
+        )
+        for statement in filter(None, (s.strip() for s in without_comments.split(";"))):
             self.session.execute(statement.format(keyspace=self.keyspace), timeout=60)
         self.cluster.control_connection.wait_for_schema_agreement(wait_time=30)
 

@@ -63,17 +63,20 @@ async def test_login_links_the_phone_and_the_laptop(identity: IdentityHarness, u
     phone, laptop, customer = unique("phone"), unique("laptop"), unique("cust")
     phone_person = (await resolve(identity, COOKIE, phone)).person_id
     laptop_person = (await resolve(identity, COOKIE, laptop)).person_id
-    await link(identity, ident(COOKIE, laptop), ident(CUSTOMER, customer))
+    login = await link(identity, ident(COOKIE, laptop), ident(CUSTOMER, customer))
+    customer_person = login.person_id  # the holder of the CUSTOMER_ID survives, even if younger
+    assert list(login.merged_person_ids) == [laptop_person] and customer_person != laptop_person
     reply = await link(identity, ident(COOKIE, phone), ident(CUSTOMER, customer))
-    assert reply.merged_person_ids == [phone_person]
-    assert reply.person_id == laptop_person  # the laptop's person holds the customer id: it survives
+    assert list(reply.merged_person_ids) == [phone_person]
+    assert reply.person_id == customer_person
     for kind, value in ((COOKIE, phone), (COOKIE, laptop), (CUSTOMER, customer)):
-        assert (await resolve(identity, kind, value)).person_id == laptop_person
+        assert (await resolve(identity, kind, value)).person_id == customer_person
     person = (await identity.call("GetPerson", pb.GetPersonRequest(person_id=phone_person))).person
-    assert person.person_id == laptop_person
+    assert person.person_id == customer_person
     assert {i.identifier.value for i in person.identifiers} == {phone, laptop, customer}
     assert [(m.kind, m.from_person_id, m.to_person_id) for m in person.merges] == [
-        (pb.MERGE_KIND_LINK, phone_person, laptop_person)
+        (pb.MERGE_KIND_LINK, laptop_person, customer_person),
+        (pb.MERGE_KIND_LINK, phone_person, customer_person),
     ]
 
 
