@@ -38,15 +38,15 @@ def test_grpcurl_lists_and_calls_the_service_through_reflection(identity_process
     assert listed.returncode == 0, listed.stderr
     assert SERVICE in listed.stdout.split()
     assert "grpc.health.v1.Health" in listed.stdout.split()
-    described = grpcurl("-plaintext", identity_process.address, "describe", f"{SERVICE}.Link")
-    assert "LinkRequest" in described.stdout
+    described = grpcurl("-plaintext", identity_process.address, "describe", SERVICE)
+    assert "rpc Link ( .rapport.identity.v1.LinkRequest )" in described.stdout, described.stderr
 
     body = json.dumps({"identifier": {"type": "IDENTIFIER_TYPE_EMAIL_SHA256", "value": "Grpcurl@Example.com"}})
     called = grpcurl("-plaintext", "-H", f"authorization: Bearer {ADMIN_KEY}", "-d", body,
                      identity_process.address, f"{SERVICE}/Resolve")
     assert called.returncode == 0, called.stderr
     reply = json.loads(called.stdout)
-    assert len(reply["personId"]) == 32 and "grpcurl" not in called.stdout.lower()
+    assert len(reply["person_id"]) == 32 and "grpcurl" not in called.stdout.lower()
 
     refused = grpcurl("-plaintext", "-d", body, identity_process.address, f"{SERVICE}/Resolve")
     assert refused.returncode != 0 and "Unauthenticated" in refused.stderr
