@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import grpc
 import structlog
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
@@ -44,6 +45,29 @@ class ServiceRegistration:
     error_domain: str
     probes: Sequence[DependencyProbe] = field(default_factory=list)
     on_close: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+class _MethodAwarePool:
+    """The default descriptor pool, but a method name (`pkg.Service.Method`) finds its file.
+
+    protobuf's upb pool raises KeyError for method symbols, so `grpcurl describe pkg.S.M` and
+    ghz, which look methods up by symbol, would fail through reflection.
+    """
+
+    def __init__(self) -> None:
+        self._pool = descriptor_pool.Default()
+
+    def FindFileContainingSymbol(self, symbol: str) -> Any:
+        try:
+            return self._pool.FindFileContainingSymbol(symbol)
+        except KeyError:
+            parent = symbol.rpartition(".")[0]
+            if not parent:
+                raise
+            return self._pool.FindFileContainingSymbol(parent)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
 
 
 class HealthReporter:
@@ -159,6 +183,7 @@ async def create_server(settings: CommonSettings, registration: ServiceRegistrat
     reflection.enable_server_reflection(
         (registration.full_name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
+        pool=_MethodAwarePool(),
     )
     address = f"{settings.host}:{settings.port}"
     credentials = _server_credentials(settings)

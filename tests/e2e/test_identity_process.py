@@ -40,6 +40,8 @@ def test_grpcurl_lists_and_calls_the_service_through_reflection(identity_process
     assert "grpc.health.v1.Health" in listed.stdout.split()
     described = grpcurl("-plaintext", identity_process.address, "describe", SERVICE)
     assert "rpc Link ( .rapport.identity.v1.LinkRequest )" in described.stdout, described.stderr
+    method = grpcurl("-plaintext", identity_process.address, "describe", f"{SERVICE}.Link")
+    assert "rpc Link" in method.stdout, method.stderr
 
     body = json.dumps({"identifier": {"type": "IDENTIFIER_TYPE_EMAIL_SHA256", "value": "Grpcurl@Example.com"}})
     called = grpcurl("-plaintext", "-H", f"authorization: Bearer {ADMIN_KEY}", "-d", body,
