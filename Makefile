@@ -66,7 +66,7 @@ status:
 	-scripts/cassandra.sh status
 	-scripts/redis.sh status
 
-test: venv gen stack tools
+test: venv gen stack tools lint
 	PATH=$(BIN):$$PATH $(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: venv gen

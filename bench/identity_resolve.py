@@ -12,10 +12,10 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -28,17 +28,29 @@ RESOLVE = "rapport.identity.v1.IdentityService/Resolve"
 CHECK = "grpc.health.v1.Health/Check"
 
 
-def ghz(address: str, call: str, key: str, data: str, extra: list[str]) -> dict:
+def ghz(address: str, call: str, key: str, data: str, extra: list[str]) -> dict[str, Any]:
     binary = shutil.which("ghz") or str(REPO / ".cache/bin/ghz")
-    command = [binary, "--insecure", "--format", "json", "--call", call, "-d", data,
-               "--metadata", json.dumps({"authorization": f"Bearer {key}"}), *extra, address]
+    command = [
+        binary,
+        "--insecure",
+        "--format",
+        "json",
+        "--call",
+        call,
+        "-d",
+        data,
+        "--metadata",
+        json.dumps({"authorization": f"Bearer {key}"}),
+        *extra,
+        address,
+    ]
     out = subprocess.run(command, capture_output=True, text=True, timeout=300)
     if out.returncode != 0 and not out.stdout.strip().startswith("{"):
         raise RuntimeError(f"ghz failed: {out.stderr.strip()[-500:]}")
     return json.loads(out.stdout)
 
 
-def latency_ms(report: dict, percentile: int) -> float:
+def latency_ms(report: dict[str, Any], percentile: int) -> float:
     for item in report["latencyDistribution"]:
         if item["percentage"] == percentile:
             return item["latency"] / 1e6
@@ -52,12 +64,22 @@ def main() -> None:
     concurrency = int(os.environ.get("BENCH_CONCURRENCY", "50"))
     key = "rk_bench_" + secrets.token_hex(12)
     port = 50071
-    log = tempfile.NamedTemporaryFile(prefix="bench-identity-", suffix=".log", delete=False)
-    env = {**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'gen'}", "RAPPORT_PORT": str(port),
-           "RAPPORT_API_KEYS": f"bench:{key}:*", "RAPPORT_CASSANDRA_KEYSPACE": "bench_identity",
-           "RAPPORT_REDIS_PREFIX": "bench:"}
-    server = subprocess.Popen([str(REPO / ".venv/bin/python"), "-m", "services.identity"], env=env, cwd=REPO,
-                              stdout=log, stderr=subprocess.STDOUT)
+    log = tempfile.NamedTemporaryFile(prefix="bench-identity-", suffix=".log", delete=False)  # noqa: SIM115 - the server's log outlives this function
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{REPO}:{REPO / 'gen'}",
+        "RAPPORT_PORT": str(port),
+        "RAPPORT_API_KEYS": f"bench:{key}:*",
+        "RAPPORT_CASSANDRA_KEYSPACE": "bench_identity",
+        "RAPPORT_REDIS_PREFIX": "bench:",
+    }
+    server = subprocess.Popen(
+        [str(REPO / ".venv/bin/python"), "-m", "services.identity"],
+        env=env,
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     address = f"127.0.0.1:{port}"
     try:
         channel = grpc.insecure_channel(address)
@@ -65,28 +87,38 @@ def main() -> None:
         deadline = time.monotonic() + 90
         while True:
             try:
-                stub.BatchResolve(pb.BatchResolveRequest(identifiers=[
-                    common.Identifier(type=common.IDENTIFIER_TYPE_COOKIE, value=f"bench-{i}") for i in range(warm)
-                ]), metadata=(("authorization", f"Bearer {key}"),), timeout=60)
+                stub.BatchResolve(
+                    pb.BatchResolveRequest(
+                        identifiers=[
+                            common.Identifier(type=common.IDENTIFIER_TYPE_COOKIE, value=f"bench-{i}")
+                            for i in range(warm)
+                        ]
+                    ),
+                    metadata=(("authorization", f"Bearer {key}"),),
+                    timeout=60,
+                )
                 break
             except grpc.RpcError:
                 if time.monotonic() > deadline or server.poll() is not None:
                     raise
                 time.sleep(0.5)
-        data = json.dumps({"identifier": {"type": "IDENTIFIER_TYPE_COOKIE",
-                                          "value": "bench-{{randomInt 0 %d}}" % warm}})
+        data = json.dumps(
+            {"identifier": {"type": "IDENTIFIER_TYPE_COOKIE", "value": "bench-{{randomInt 0 " + str(warm) + "}}"}}
+        )
         fixed = ghz(address, RESOLVE, key, data, ["--rps", str(rps), "-z", f"{seconds}s", "-c", str(concurrency)])
         resolve_max = ghz(address, RESOLVE, key, data, ["-z", "5s", "-c", str(concurrency)])
         check_max = ghz(address, CHECK, key, "{}", ["-z", "5s", "-c", str(concurrency)])
         errors = sum(count for code, count in fixed["statusCodeDistribution"].items() if code != "OK")
         print(f"fixed rate: target {rps}/s for {seconds}s, achieved {fixed['rps']:.0f}/s, non-OK {errors}")
         print(f"max throughput: Resolve {resolve_max['rps']:.0f}/s, health Check {check_max['rps']:.0f}/s")
-        print(f"rps={fixed['rps']:.0f} p50_ms={latency_ms(fixed, 50):.2f} p99_ms={latency_ms(fixed, 99):.2f} "
-              f"floor_ratio={resolve_max['rps'] / check_max['rps']:.2f}")
+        print(
+            f"rps={fixed['rps']:.0f} p50_ms={latency_ms(fixed, 50):.2f} p99_ms={latency_ms(fixed, 99):.2f} "
+            f"floor_ratio={resolve_max['rps'] / check_max['rps']:.2f}"
+        )
     finally:
         server.terminate()
         server.wait(30)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -84,7 +84,8 @@ def private_redis() -> Iterator[tuple[str, subprocess.Popen[bytes], int]]:
 def start_redis(binary: str, port: int, workdir: str) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:

@@ -40,9 +40,7 @@ class ApiKeyRegistry:
         for entry in filter(None, (part.strip() for part in spec.split(";"))):
             pieces = entry.split(":")
             if len(pieces) != 3 or not pieces[0] or len(pieces[1]) < 16:
-                raise ValueError(
-                    "RAPPORT_API_KEYS: each entry is name:secret:scopes with a secret of 16+ characters"
-                )
+                raise ValueError("RAPPORT_API_KEYS: each entry is name:secret:scopes with a secret of 16+ characters")
             name, secret, scopes = pieces
             principals[_digest(secret)] = Principal(name, frozenset(s.strip() for s in scopes.split(",") if s.strip()))
         return cls(principals)

@@ -10,7 +10,7 @@ from typing import Any
 
 import structlog
 from cassandra import ConsistencyLevel, DriverException
-from cassandra.cluster import Cluster, ExecutionProfile, EXEC_PROFILE_DEFAULT, NoHostAvailable, Session
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 from cassandra.query import PreparedStatement, dict_factory
 
@@ -44,8 +44,9 @@ class CassandraClient:
         self._prepared: dict[str, PreparedStatement] = {}
 
     @classmethod
-    def connect(cls, hosts: Sequence[str], port: int, keyspace: str, local_dc: str,
-                connect_timeout_s: float = 10.0) -> CassandraClient:
+    def connect(
+        cls, hosts: Sequence[str], port: int, keyspace: str, local_dc: str, connect_timeout_s: float = 10.0
+    ) -> CassandraClient:
         """Blocking connect (call through `asyncio.to_thread`)."""
         if not _IDENTIFIER.match(keyspace):
             raise ValueError(f"keyspace name {keyspace!r} must match {_IDENTIFIER.pattern}")
@@ -57,9 +58,14 @@ class CassandraClient:
             request_timeout=10.0,
         )
         cluster = Cluster(
-            contact_points=list(hosts), port=port, execution_profiles={EXEC_PROFILE_DEFAULT: profile},
-            protocol_version=5, connect_timeout=connect_timeout_s, idle_heartbeat_interval=10,
-            schema_metadata_enabled=False, token_metadata_enabled=True,
+            contact_points=list(hosts),
+            port=port,
+            execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+            protocol_version=5,
+            connect_timeout=connect_timeout_s,
+            idle_heartbeat_interval=10,
+            schema_metadata_enabled=False,
+            token_metadata_enabled=True,
         )
         session = cluster.connect()
         return cls(session, cluster, keyspace)
@@ -70,9 +76,7 @@ class CassandraClient:
             f"CREATE KEYSPACE IF NOT EXISTS {self.keyspace} WITH replication = {replication}", timeout=60
         )
         # Comments go first: they may contain ';'.
-        without_comments = "\n".join(
-            line for line in cql_statements.splitlines() if not line.strip().startswith("--")
-        )
+        without_comments = "\n".join(line for line in cql_statements.splitlines() if not line.strip().startswith("--"))
         for statement in filter(None, (s.strip() for s in without_comments.split(";"))):
             self.session.execute(statement.format(keyspace=self.keyspace), timeout=60)
         self.cluster.control_connection.wait_for_schema_agreement(wait_time=30)
@@ -84,8 +88,14 @@ class CassandraClient:
             self._prepared[cql] = statement
         return statement
 
-    async def execute(self, cql: str, parameters: Sequence[Any] | None = None, *, serial_read: bool = False,
-                      timeout_s: float | None = None) -> list[dict[str, Any]]:
+    async def execute(
+        self,
+        cql: str,
+        parameters: Sequence[Any] | None = None,
+        *,
+        serial_read: bool = False,
+        timeout_s: float | None = None,
+    ) -> list[dict[str, Any]]:
         """Run a prepared statement within the request budget; rows as dicts.
 
         `serial_read` reads at LOCAL_SERIAL, which also sees in-flight lightweight transactions.
@@ -125,8 +135,16 @@ class CassandraClient:
         await asyncio.to_thread(self.cluster.shutdown)
 
 
-async def open_cassandra(hosts: Sequence[str], port: int, keyspace: str, local_dc: str, *,
-                         replication: str, schema_cql: str | None, wait_s: float = 120.0) -> CassandraClient:
+async def open_cassandra(
+    hosts: Sequence[str],
+    port: int,
+    keyspace: str,
+    local_dc: str,
+    *,
+    replication: str,
+    schema_cql: str | None,
+    wait_s: float = 120.0,
+) -> CassandraClient:
     """Connect (waiting up to `wait_s` for the node to come up) and apply the schema if given."""
     loop = asyncio.get_running_loop()
     give_up_at = loop.time() + wait_s

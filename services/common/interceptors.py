@@ -35,12 +35,13 @@ class RpcMetrics:
 
     def __init__(self, service: str, registry: CollectorRegistry) -> None:
         self._service = service
-        self._count = Counter(
-            "rapport_rpc_total", "RPCs handled", ["service", "method", "code"], registry=registry
-        )
+        self._count = Counter("rapport_rpc_total", "RPCs handled", ["service", "method", "code"], registry=registry)
         self._latency = Histogram(
-            "rapport_rpc_duration_seconds", "RPC latency", ["service", "method", "code"],
-            buckets=_LATENCY_BUCKETS, registry=registry,
+            "rapport_rpc_duration_seconds",
+            "RPC latency",
+            ["service", "method", "code"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
         )
         self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
 
@@ -74,7 +75,7 @@ def _metadata_value(metadata: Any, key: str) -> str | None:
     return None
 
 
-class RapportServerInterceptor(grpc.aio.ServerInterceptor):
+class RapportServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, config: InterceptorConfig, api_keys: ApiKeyRegistry, metrics: RpcMetrics) -> None:
         self._config = config
         self._api_keys = api_keys
@@ -126,27 +127,44 @@ class RapportServerInterceptor(grpc.aio.ServerInterceptor):
         grpc_status = rpc_status.to_status(status)
         await context.abort(grpc_status.code, grpc_status.details, grpc_status.trailing_metadata)
 
-    def _finish(self, method: str, request_id: str, principal: Principal | None, started: float, code: str,
-                error: BaseException | None) -> None:
+    def _finish(
+        self,
+        method: str,
+        request_id: str,
+        principal: Principal | None,
+        started: float,
+        code: str,
+        error: BaseException | None,
+    ) -> None:
         elapsed = time.perf_counter() - started
         self._metrics.observe(method, code, elapsed)
         if error is not None and not isinstance(error, RapportError):
-            log.error("rpc_failed", rpc=method, request_id=request_id, code=code,
-                      ms=round(elapsed * 1000, 2), exc_info=error)
-        elif self._config.access_log or elapsed > self._config.slow_rpc_s or (
-            error is not None and code not in ("INVALID_ARGUMENT", "NOT_FOUND")
+            log.error(
+                "rpc_failed", rpc=method, request_id=request_id, code=code, ms=round(elapsed * 1000, 2), exc_info=error
+            )
+        elif (
+            self._config.access_log
+            or elapsed > self._config.slow_rpc_s
+            or (error is not None and code not in ("INVALID_ARGUMENT", "NOT_FOUND"))
         ):
-            log.info("rpc", rpc=method, request_id=request_id, code=code, ms=round(elapsed * 1000, 2),
-                     caller=principal.name if principal else None,
-                     reason=getattr(error, "reason", None))
+            log.info(
+                "rpc",
+                rpc=method,
+                request_id=request_id,
+                code=code,
+                ms=round(elapsed * 1000, 2),
+                caller=principal.name if principal else None,
+                reason=getattr(error, "reason", None),
+            )
 
     def _budget(self, context: grpc.aio.ServicerContext) -> float:
         return deadlines.request_budget_s(
             context.time_remaining(), self._config.default_deadline_s, self._config.max_deadline_s
         )
 
-    def _wrap_unary(self, behaviour: Any, method: str, request_id: str, principal: Principal | None,
-                    auth_error: RapportError | None) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+    def _wrap_unary(
+        self, behaviour: Any, method: str, request_id: str, principal: Principal | None, auth_error: RapportError | None
+    ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
             if auth_error is not None:
@@ -161,15 +179,15 @@ class RapportServerInterceptor(grpc.aio.ServerInterceptor):
                 self._finish(method, request_id, principal, started, error.grpc_code.name, error)
                 await self._abort(context, error, request_id)
             except TimeoutError:
-                error = DeadlineExceeded()
-                self._finish(method, request_id, principal, started, "DEADLINE_EXCEEDED", error)
-                await self._abort(context, error, request_id)
+                expired = DeadlineExceeded()
+                self._finish(method, request_id, principal, started, "DEADLINE_EXCEEDED", expired)
+                await self._abort(context, expired, request_id)
             except asyncio.CancelledError:
                 self._finish(method, request_id, principal, started, "CANCELLED", None)
                 raise
             except grpc.aio.AbortError:
                 raise
-            except Exception as unexpected:  # noqa: BLE001 - logged with traceback, client gets a generic INTERNAL
+            except Exception as unexpected:
                 self._finish(method, request_id, principal, started, "INTERNAL", unexpected)
                 await self._abort(context, None, request_id)
             finally:
@@ -179,8 +197,9 @@ class RapportServerInterceptor(grpc.aio.ServerInterceptor):
 
         return handle
 
-    def _wrap_stream(self, behaviour: Any, method: str, request_id: str, principal: Principal | None,
-                     auth_error: RapportError | None) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]:
+    def _wrap_stream(
+        self, behaviour: Any, method: str, request_id: str, principal: Principal | None, auth_error: RapportError | None
+    ) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]:
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             started = time.perf_counter()
             if auth_error is not None:
@@ -198,7 +217,7 @@ class RapportServerInterceptor(grpc.aio.ServerInterceptor):
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 code = "CANCELLED"
                 raise
-            except Exception as unexpected:  # noqa: BLE001
+            except Exception as unexpected:
                 self._finish(method, request_id, principal, started, "INTERNAL", unexpected)
                 await self._abort(context, None, request_id)
             finally:

@@ -13,8 +13,12 @@ class RedisClient:
     def __init__(self, url: str, prefix: str, max_connections: int = 64) -> None:
         self.prefix = prefix
         self.redis: aioredis.Redis = aioredis.Redis.from_url(
-            url, max_connections=max_connections, socket_connect_timeout=1.0, socket_timeout=2.0,
-            health_check_interval=0, decode_responses=True,
+            url,
+            max_connections=max_connections,
+            socket_connect_timeout=1.0,
+            socket_timeout=2.0,
+            health_check_interval=0,
+            decode_responses=True,
         )
 
     async def ping(self, timeout_s: float) -> None:

@@ -84,10 +84,10 @@ class HealthReporter:
 
     async def check_once(self) -> bool:
         timeout_s = max(0.2, min(2.0, self._interval_s))
-        results = await asyncio.gather(
-            *(probe.ping(timeout_s) for probe in self._probes), return_exceptions=True
-        )
-        failing = [probe.name for probe, result in zip(self._probes, results, strict=True) if isinstance(result, BaseException)]
+        results = await asyncio.gather(*(probe.ping(timeout_s) for probe in self._probes), return_exceptions=True)
+        failing = [
+            probe.name for probe, result in zip(self._probes, results, strict=True) if isinstance(result, BaseException)
+        ]
         if failing != self.failing:
             log.warning("health_changed", failing=failing) if failing else log.info("health_changed", failing=[])
         self.failing = failing
@@ -101,7 +101,7 @@ class HealthReporter:
         while not self._shutting_down:
             try:
                 await self.check_once()
-            except Exception:  # noqa: BLE001 - a probe bug must not kill health reporting
+            except Exception:
                 log.exception("health_probe_error")
             await asyncio.sleep(self._interval_s)
 
@@ -136,7 +136,7 @@ class RunningServer:
         for close in self.registration.on_close:
             try:
                 await close()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("close_failed")
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
@@ -148,7 +148,9 @@ def _server_credentials(settings: CommonSettings) -> grpc.ServerCredentials | No
     cert = Path(settings.tls_cert_file).read_bytes()
     key = Path(settings.tls_key_file).read_bytes()
     client_ca = Path(settings.tls_client_ca_file).read_bytes() if settings.tls_client_ca_file else None
-    return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None)
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
 
 
 async def create_server(settings: CommonSettings, registration: ServiceRegistration) -> RunningServer:
@@ -202,8 +204,13 @@ async def serve(settings: CommonSettings, build: Callable[[CommonSettings], Awai
     """Run a service until SIGTERM/SIGINT, then shut down gracefully."""
     registration = await build(settings)
     running = await create_server(settings, registration)
-    log.info("listening", service=registration.full_name, port=running.port, metrics_port=running.metrics_port,
-             tls=bool(settings.tls_cert_file))
+    log.info(
+        "listening",
+        service=registration.full_name,
+        port=running.port,
+        metrics_port=running.metrics_port,
+        tls=bool(settings.tls_cert_file),
+    )
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -47,7 +47,8 @@ class CommonSettings:
         "RAPPORT_SHUTDOWN_GRACE_S", 5.0, "On SIGTERM, in-flight RPCs get this long to finish."
     )
     shutdown_drain_s: float = setting(
-        "RAPPORT_SHUTDOWN_DRAIN_S", 0.0,
+        "RAPPORT_SHUTDOWN_DRAIN_S",
+        0.0,
         "On SIGTERM, health says NOT_SERVING this long before the server stops accepting RPCs "
         "(lets load balancers notice; set ~5 s on Kubernetes).",
     )
@@ -55,7 +56,8 @@ class CommonSettings:
         "RAPPORT_HEALTH_INTERVAL_S", 1.0, "How often Redis and Cassandra are probed for health."
     )
     api_keys: str = setting(
-        "RAPPORT_API_KEYS", "",
+        "RAPPORT_API_KEYS",
+        "",
         "API keys, ';'-separated entries 'name:secret:scope,scope' ('*' = every scope).",
     )
     tls_cert_file: str = setting("RAPPORT_TLS_CERT_FILE", "", "PEM server certificate; empty = plaintext.")
@@ -113,8 +115,4 @@ def load_settings(cls: type[SettingsT], environ: Mapping[str, str] | None = None
 
 def describe_settings(cls: type) -> list[tuple[str, Any, str]]:
     """(variable, default, doc) rows, for the README and `--help-settings`."""
-    return [
-        (f.metadata["env"], f.default, f.metadata["doc"])
-        for f in dataclasses.fields(cls)
-        if "env" in f.metadata
-    ]
+    return [(f.metadata["env"], f.default, f.metadata["doc"]) for f in dataclasses.fields(cls) if "env" in f.metadata]

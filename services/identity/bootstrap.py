@@ -22,8 +22,11 @@ log = structlog.get_logger("rapport.identity")
 
 async def build_identity(settings: IdentitySettings) -> ServiceRegistration:
     cassandra = await open_cassandra(
-        settings.cassandra_hosts.split(","), settings.cassandra_port, settings.cassandra_keyspace,
-        settings.cassandra_local_dc, replication=settings.cassandra_replication,
+        settings.cassandra_hosts.split(","),
+        settings.cassandra_port,
+        settings.cassandra_keyspace,
+        settings.cassandra_local_dc,
+        replication=settings.cassandra_replication,
         schema_cql=SCHEMA_FILE.read_text() if settings.apply_schema else None,
     )
     redis = RedisClient(settings.redis_url, settings.redis_prefix)
@@ -61,5 +64,5 @@ async def _relay_outbox_forever(graph: IdentityGraph, settings: IdentitySettings
             handled = await graph.relay_outbox(older_than_ms)
             if handled:
                 log.warning("outbox_relayed", events=handled)
-        except Exception:  # noqa: BLE001 - retried next round; health reports the outage
+        except Exception:
             log.warning("outbox_relay_failed", exc_info=True)

@@ -286,12 +286,13 @@ class IdentityGraph:
                 held.append(person_id)
             yield
         finally:
-            await asyncio.gather(
-                *(self._store.unlock(person_id, owner) for person_id in held), return_exceptions=True
-            )
+            await asyncio.gather(*(self._store.unlock(person_id, owner) for person_id in held), return_exceptions=True)
 
-    async def _with_lock_retry(self, person_ids: Callable[[], Coroutine[Any, Any, list[str]]],
-                               action: Callable[[list[str]], Coroutine[Any, Any, Any]]) -> Any:
+    async def _with_lock_retry(
+        self,
+        person_ids: Callable[[], Coroutine[Any, Any, list[str]]],
+        action: Callable[[list[str]], Coroutine[Any, Any, Any]],
+    ) -> Any:
         """Run `action` under the locks of the persons `person_ids()` names, retrying on contention."""
         backoff_s = 0.005
         while True:
@@ -319,11 +320,19 @@ class IdentityGraph:
         merges: list[MergeEntry] = []
         for member in await self._group_of(root):
             for row in await self._store.merge_log(member):
-                merges.append(MergeEntry(row.kind, row.from_person_id, row.to_person_id, row.event_time_ms,
-                                         [IdentifierKey.from_key(key) for key in row.identifiers]))
+                merges.append(
+                    MergeEntry(
+                        row.kind,
+                        row.from_person_id,
+                        row.to_person_id,
+                        row.event_time_ms,
+                        [IdentifierKey.from_key(key) for key in row.identifiers],
+                    )
+                )
         merges.sort(key=lambda entry: entry.event_time_ms)
-        return PersonView(root, sorted(identifiers, key=lambda item: item[1]), person.created_at_ms,
-                          person.last_seen_ms, merges)
+        return PersonView(
+            root, sorted(identifiers, key=lambda item: item[1]), person.created_at_ms, person.last_seen_ms, merges
+        )
 
     async def _group_of(self, root: str) -> list[str]:
         """The root and every person merged into it, transitively."""
@@ -357,8 +366,9 @@ class IdentityGraph:
                 raise _Changed()
             keys = [key for key, _ in await self._store.person_identifiers(previous)]
             if len(keys) <= 1:
-                raise FailedPrecondition("the identifier is its person's only one; nothing to unlink",
-                                         "ONLY_IDENTIFIER")
+                raise FailedPrecondition(
+                    "the identifier is its person's only one; nothing to unlink", "ONLY_IDENTIFIER"
+                )
             new_person, at = new_person_id(), now_ms()
             outbox = await self._store.add_outbox("unlink", new_person, [previous, new_person], identifier.key)
             await self._store.create_person(new_person, at)
@@ -430,7 +440,7 @@ class IdentityGraph:
             fields.update(identifier=event.identifier, previous=previous, new=event.survivor_person_id)
         try:
             await self._cache.publish(fields)
-        except Exception:  # noqa: BLE001 - the outbox relay publishes it later
+        except Exception:
             log.warning("event_publish_deferred", kind=event.kind)
             return
         await self._store.remove_outbox(event.event_id)
@@ -470,7 +480,7 @@ class IdentityGraph:
         async def guarded() -> None:
             try:
                 await work
-            except Exception:  # noqa: BLE001 - best effort, but never silent
+            except Exception:
                 log.warning("background_work_failed", exc_info=True)
 
         task = asyncio.create_task(guarded(), context=contextvars.Context())

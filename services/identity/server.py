@@ -42,10 +42,13 @@ def identifier_to_proto(identifier: IdentifierKey) -> identifier_pb2.Identifier:
     return identifier_pb2.Identifier(type=int(identifier.type), value=identifier.value)  # type: ignore[arg-type]
 
 
-def identifiers_from_proto(messages: Sequence[identifier_pb2.Identifier], field: str, minimum: int,
-                           maximum: int) -> list[IdentifierKey]:
+def identifiers_from_proto(
+    messages: Sequence[identifier_pb2.Identifier], field: str, minimum: int, maximum: int
+) -> list[IdentifierKey]:
     if not minimum <= len(messages) <= maximum:
-        raise InvalidArgument([FieldViolation(field, f"must hold {minimum} to {maximum} identifiers, got {len(messages)}")])
+        raise InvalidArgument(
+            [FieldViolation(field, f"must hold {minimum} to {maximum} identifiers, got {len(messages)}")]
+        )
     violations: list[FieldViolation] = []
     parsed: list[IdentifierKey] = []
     for index, message in enumerate(messages):
@@ -103,14 +106,16 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
             person_id=resolution.person_id, created=resolution.created, identifier=identifier_to_proto(identifier)
         )
 
-    async def BatchResolve(self, request: pb.BatchResolveRequest,
-                           context: grpc.aio.ServicerContext) -> pb.BatchResolveResponse:
+    async def BatchResolve(
+        self, request: pb.BatchResolveRequest, context: grpc.aio.ServicerContext
+    ) -> pb.BatchResolveResponse:
         identifiers = identifiers_from_proto(request.identifiers, "identifiers", 1, MAX_BATCH_RESOLVE)
         resolutions = await self._graph.resolve_many(identifiers)
         return pb.BatchResolveResponse(
             resolutions=[
-                pb.Resolution(identifier=identifier_to_proto(item.identifier), person_id=item.person_id,
-                              created=item.created)
+                pb.Resolution(
+                    identifier=identifier_to_proto(item.identifier), person_id=item.person_id, created=item.created
+                )
                 for item in resolutions
             ]
         )
@@ -139,8 +144,9 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
             erased_person_ids=result.erased_person_ids, erased_identifier_count=result.erased_identifier_count
         )
 
-    async def WatchMerges(self, request: pb.WatchMergesRequest,
-                          context: grpc.aio.ServicerContext) -> AsyncIterator[pb.WatchMergesResponse]:
+    async def WatchMerges(
+        self, request: pb.WatchMergesRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchMergesResponse]:
         after = request.after_event_id or "$"
         if after not in ("$", "0") and not _is_stream_id(after):
             raise InvalidArgument([FieldViolation("after_event_id", "must be an event id like 1700000000000-0, or 0")])
@@ -148,14 +154,19 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
             fields = event.fields
             response = pb.WatchMergesResponse(event_id=event.event_id, event_time=timestamp_ms(int(fields["at"])))
             if fields["kind"] == "merge":
-                response.persons_merged.CopyFrom(pb.PersonsMerged(
-                    survivor_person_id=fields["survivor"], merged_person_ids=json.loads(fields["merged"])
-                ))
+                response.persons_merged.CopyFrom(
+                    pb.PersonsMerged(
+                        survivor_person_id=fields["survivor"], merged_person_ids=json.loads(fields["merged"])
+                    )
+                )
             else:
-                response.identifier_unlinked.CopyFrom(pb.IdentifierUnlinked(
-                    identifier=identifier_to_proto(IdentifierKey.from_key(fields["identifier"])),
-                    previous_person_id=fields["previous"], new_person_id=fields["new"],
-                ))
+                response.identifier_unlinked.CopyFrom(
+                    pb.IdentifierUnlinked(
+                        identifier=identifier_to_proto(IdentifierKey.from_key(fields["identifier"])),
+                        previous_person_id=fields["previous"],
+                        new_person_id=fields["new"],
+                    )
+                )
             yield response
 
 

@@ -13,7 +13,8 @@ class IdentitySettings(CommonSettings):
     port: int = setting("RAPPORT_PORT", 50051, "gRPC port; 0 picks a free one (tests).")
     cassandra_keyspace: str = setting("RAPPORT_CASSANDRA_KEYSPACE", "rapport_identity", "Keyspace of identity.")
     max_customers_per_device: int = setting(
-        "RAPPORT_IDENTITY_MAX_CUSTOMERS_PER_DEVICE", 3,
+        "RAPPORT_IDENTITY_MAX_CUSTOMERS_PER_DEVICE",
+        3,
         "A device seen with more customer ids than this is shared (family tablet, kiosk) and stops linking.",
     )
     lock_lease_s: int = setting(

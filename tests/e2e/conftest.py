@@ -7,7 +7,6 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,8 +65,13 @@ def start_service(name: str, tmp_path: Path, env: dict[str, str]) -> ServiceProc
         **env,
     }
     with log_path.open("wb") as log_file:
-        process = subprocess.Popen([str(REPO / ".venv/bin/python"), "-m", f"services.{name}"], cwd=REPO,
-                                   env=full_env, stdout=log_file, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [str(REPO / ".venv/bin/python"), "-m", f"services.{name}"],
+            cwd=REPO,
+            env=full_env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
     service = ServiceProcess(name, port, process, log_path)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:

@@ -23,8 +23,12 @@ GROUPS = 12
 IDENTIFIERS_PER_GROUP = 8
 CALLERS = 50
 RETRYABLE = (grpc.StatusCode.ABORTED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-KINDS = [common.IDENTIFIER_TYPE_COOKIE, common.IDENTIFIER_TYPE_DEVICE, common.IDENTIFIER_TYPE_APP_INSTALL,
-         common.IDENTIFIER_TYPE_AD_ID]
+KINDS = [
+    common.IDENTIFIER_TYPE_COOKIE,
+    common.IDENTIFIER_TYPE_DEVICE,
+    common.IDENTIFIER_TYPE_APP_INSTALL,
+    common.IDENTIFIER_TYPE_AD_ID,
+]
 
 
 def group_identifiers(run_id: str, group: int) -> list[common.Identifier]:
@@ -33,7 +37,9 @@ def group_identifiers(run_id: str, group: int) -> list[common.Identifier]:
         for i in range(IDENTIFIERS_PER_GROUP - 1)
     ]
     if group % 2 == 0:  # half the groups log in: one customer id each
-        identifiers.append(common.Identifier(type=common.IDENTIFIER_TYPE_CUSTOMER_ID, value=f"conc-{run_id}-cust{group}"))
+        identifiers.append(
+            common.Identifier(type=common.IDENTIFIER_TYPE_CUSTOMER_ID, value=f"conc-{run_id}-cust{group}")
+        )
     else:
         identifiers.append(common.Identifier(type=common.IDENTIFIER_TYPE_COOKIE, value=f"conc-{run_id}-g{group}-extra"))
     return identifiers
@@ -54,10 +60,14 @@ def operations(run_id: str, rng: random.Random) -> list[tuple[str, list[common.I
     return ops
 
 
-async def test_replicas_converge_to_one_person_per_group(tmp_path: Path, e2e_keyspace: str, run_id: str,
-                                                         cassandra_admin: CassandraClient) -> None:
-    env = {"RAPPORT_CASSANDRA_KEYSPACE": e2e_keyspace, "RAPPORT_REDIS_PREFIX": f"conc:{run_id}:",
-           "RAPPORT_DEFAULT_DEADLINE_MS": "5000"}
+async def test_replicas_converge_to_one_person_per_group(
+    tmp_path: Path, e2e_keyspace: str, run_id: str, cassandra_admin: CassandraClient
+) -> None:
+    env = {
+        "RAPPORT_CASSANDRA_KEYSPACE": e2e_keyspace,
+        "RAPPORT_REDIS_PREFIX": f"conc:{run_id}:",
+        "RAPPORT_DEFAULT_DEADLINE_MS": "5000",
+    }
     replicas = [start_service("identity", tmp_path, env) for _ in range(3)]
     channels = [grpc.aio.insecure_channel(replica.address) for replica in replicas]
     stubs = [pb_grpc.IdentityServiceStub(channel) for channel in channels]
@@ -77,8 +87,9 @@ async def test_replicas_converge_to_one_person_per_group(tmp_path: Path, e2e_key
                     if method == "Link":
                         await stub.Link(pb.LinkRequest(identifiers=identifiers), metadata=bearer(ADMIN_KEY), timeout=10)
                     else:
-                        await stub.Resolve(pb.ResolveRequest(identifier=identifiers[0]), metadata=bearer(ADMIN_KEY),
-                                           timeout=10)
+                        await stub.Resolve(
+                            pb.ResolveRequest(identifier=identifiers[0]), metadata=bearer(ADMIN_KEY), timeout=10
+                        )
                     break
                 except grpc.aio.AioRpcError as error:
                     if error.code() not in RETRYABLE:
@@ -94,7 +105,9 @@ async def test_replicas_converge_to_one_person_per_group(tmp_path: Path, e2e_key
         persons_by_group: list[str] = []
         for group in range(GROUPS):
             replies = [
-                await stubs[i % 3].Resolve(pb.ResolveRequest(identifier=identifier), metadata=bearer(ADMIN_KEY), timeout=10)
+                await stubs[i % 3].Resolve(
+                    pb.ResolveRequest(identifier=identifier), metadata=bearer(ADMIN_KEY), timeout=10
+                )
                 for i, identifier in enumerate(group_identifiers(run_id, group))
             ]
             persons = {reply.person_id for reply in replies}
@@ -107,15 +120,21 @@ async def test_replicas_converge_to_one_person_per_group(tmp_path: Path, e2e_key
         session = cassandra_admin.session
         for group, person in enumerate(persons_by_group):
             for identifier in group_identifiers(run_id, group):
-                key = f"{common.IdentifierType.Name(identifier.type).removeprefix('IDENTIFIER_TYPE_')}:{identifier.value}"
+                key = (
+                    f"{common.IdentifierType.Name(identifier.type).removeprefix('IDENTIFIER_TYPE_')}:{identifier.value}"
+                )
                 owner = session.execute(
                     f"SELECT person_id FROM {e2e_keyspace}.identifier_person WHERE identifier = %s", [key]
                 ).one()["person_id"]
                 assert owner == person, f"{key} points at {owner}, not at the survivor {person}"
             row = session.execute(f"SELECT merged_into FROM {e2e_keyspace}.person WHERE person_id = %s", [person]).one()
             assert row["merged_into"] is None
-            held = {r["identifier"] for r in session.execute(
-                f"SELECT identifier FROM {e2e_keyspace}.person_identifier WHERE person_id = %s", [person])}
+            held = {
+                r["identifier"]
+                for r in session.execute(
+                    f"SELECT identifier FROM {e2e_keyspace}.person_identifier WHERE person_id = %s", [person]
+                )
+            }
             assert len(held) == IDENTIFIERS_PER_GROUP
         print(f"converged; {retries} retryable answers were retried")
     finally:

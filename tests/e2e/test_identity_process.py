@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,11 +25,17 @@ def grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def identity_process(tmp_path: Path, e2e_keyspace: str, run_id: str) -> ServiceProcess:
-    service = start_service("identity", tmp_path, {
-        "RAPPORT_CASSANDRA_KEYSPACE": e2e_keyspace, "RAPPORT_REDIS_PREFIX": f"e2e:{run_id}:",
-        "RAPPORT_SHUTDOWN_DRAIN_S": "1.5", "RAPPORT_SHUTDOWN_GRACE_S": "2",
-    })
+def identity_process(tmp_path: Path, e2e_keyspace: str, run_id: str) -> Iterator[ServiceProcess]:
+    service = start_service(
+        "identity",
+        tmp_path,
+        {
+            "RAPPORT_CASSANDRA_KEYSPACE": e2e_keyspace,
+            "RAPPORT_REDIS_PREFIX": f"e2e:{run_id}:",
+            "RAPPORT_SHUTDOWN_DRAIN_S": "1.5",
+            "RAPPORT_SHUTDOWN_GRACE_S": "2",
+        },
+    )
     yield service
     service.terminate()
 
@@ -44,8 +51,15 @@ def test_grpcurl_lists_and_calls_the_service_through_reflection(identity_process
     assert "rpc Link" in method.stdout, method.stderr
 
     body = json.dumps({"identifier": {"type": "IDENTIFIER_TYPE_EMAIL_SHA256", "value": "Grpcurl@Example.com"}})
-    called = grpcurl("-plaintext", "-H", f"authorization: Bearer {ADMIN_KEY}", "-d", body,
-                     identity_process.address, f"{SERVICE}/Resolve")
+    called = grpcurl(
+        "-plaintext",
+        "-H",
+        f"authorization: Bearer {ADMIN_KEY}",
+        "-d",
+        body,
+        identity_process.address,
+        f"{SERVICE}/Resolve",
+    )
     assert called.returncode == 0, called.stderr
     reply = json.loads(called.stdout)
     assert len(reply["person_id"]) == 32 and "grpcurl" not in called.stdout.lower()
@@ -67,9 +81,15 @@ def test_health_probe_says_serving_then_not_serving_on_sigterm(identity_process:
 
 def test_health_probe_says_not_serving_while_redis_is_stopped(tmp_path: Path, e2e_keyspace: str, run_id: str) -> None:
     with private_redis() as (url, process, port):
-        service = start_service("identity", tmp_path, {
-            "RAPPORT_CASSANDRA_KEYSPACE": e2e_keyspace, "RAPPORT_REDIS_PREFIX": f"e2e:{run_id}:", "RAPPORT_REDIS_URL": url,
-        })
+        service = start_service(
+            "identity",
+            tmp_path,
+            {
+                "RAPPORT_CASSANDRA_KEYSPACE": e2e_keyspace,
+                "RAPPORT_REDIS_PREFIX": f"e2e:{run_id}:",
+                "RAPPORT_REDIS_URL": url,
+            },
+        )
         try:
             assert health_probe(service.address).returncode == 0
             process.terminate()

@@ -36,9 +36,16 @@ class IdentityHarness:
 
 def identity_settings(run_id: str, **overrides: Any) -> IdentitySettings:
     values: dict[str, Any] = dict(
-        port=0, metrics_port=0, api_keys=API_KEYS, cassandra_keyspace=f"it_identity_{run_id}",
-        cassandra_hosts=CASSANDRA_HOST, cassandra_port=CASSANDRA_PORT, redis_url=REDIS_URL,
-        redis_prefix=f"test:{run_id}:", health_interval_s=0.2, outbox_interval_s=3600.0,
+        port=0,
+        metrics_port=0,
+        api_keys=API_KEYS,
+        cassandra_keyspace=f"it_identity_{run_id}",
+        cassandra_hosts=CASSANDRA_HOST,
+        cassandra_port=CASSANDRA_PORT,
+        redis_url=REDIS_URL,
+        redis_prefix=f"test:{run_id}:",
+        health_interval_s=0.2,
+        outbox_interval_s=3600.0,
     )
     values.update(overrides)
     return load_settings(IdentitySettings, {}, **values)

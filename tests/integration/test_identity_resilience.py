@@ -42,7 +42,9 @@ def cookie(value: str) -> common.Identifier:
     return common.Identifier(type=common.IDENTIFIER_TYPE_COOKIE, value=value)
 
 
-async def test_health_follows_redis_and_reads_fall_back_to_cassandra(cassandra_admin: CassandraClient, run_id: str) -> None:
+async def test_health_follows_redis_and_reads_fall_back_to_cassandra(
+    cassandra_admin: CassandraClient, run_id: str
+) -> None:
     with private_redis() as (url, process, port):
         settings = identity_settings(run_id, redis_url=url)
         async with running_identity(settings) as harness:

@@ -37,7 +37,9 @@ async def link(identity: IdentityHarness, *identifiers: common.Identifier) -> pb
     return await identity.call("Link", pb.LinkRequest(identifiers=list(identifiers)))
 
 
-async def test_first_sight_creates_a_person_and_resolve_is_idempotent(identity: IdentityHarness, unique: Callable[[str], str]) -> None:
+async def test_first_sight_creates_a_person_and_resolve_is_idempotent(
+    identity: IdentityHarness, unique: Callable[[str], str]
+) -> None:
     cookie = unique("cookie")
     first = await resolve(identity, COOKIE, cookie)
     again = await resolve(identity, COOKIE, cookie)
@@ -45,7 +47,9 @@ async def test_first_sight_creates_a_person_and_resolve_is_idempotent(identity: 
     assert first.person_id == again.person_id and len(first.person_id) == 32
 
 
-async def test_concurrent_first_sights_agree_on_one_person(identity: IdentityHarness, unique: Callable[[str], str]) -> None:
+async def test_concurrent_first_sights_agree_on_one_person(
+    identity: IdentityHarness, unique: Callable[[str], str]
+) -> None:
     cookie = unique("cookie")
     replies = await asyncio.gather(*(resolve(identity, COOKIE, cookie) for _ in range(20)))
     assert len({reply.person_id for reply in replies}) == 1
@@ -80,7 +84,9 @@ async def test_login_links_the_phone_and_the_laptop(identity: IdentityHarness, u
     ]
 
 
-async def test_without_customer_the_oldest_person_survives(identity: IdentityHarness, unique: Callable[[str], str]) -> None:
+async def test_without_customer_the_oldest_person_survives(
+    identity: IdentityHarness, unique: Callable[[str], str]
+) -> None:
     older, newer = unique("old"), unique("new")
     older_person = (await resolve(identity, COOKIE, older)).person_id
     await asyncio.sleep(0.01)
@@ -106,7 +112,9 @@ async def test_two_customer_ids_never_merge(identity: IdentityHarness, unique: C
     assert error_details(raised.value).reason == "CONFLICTING_CUSTOMER_IDS"
 
 
-async def test_a_family_tablet_stops_linking_after_three_customers(identity: IdentityHarness, unique: Callable[[str], str]) -> None:
+async def test_a_family_tablet_stops_linking_after_three_customers(
+    identity: IdentityHarness, unique: Callable[[str], str]
+) -> None:
     tablet = unique("tablet")
     customers = [unique(f"member{i}") for i in range(5)]
     first = await link(identity, ident(DEVICE, tablet), ident(CUSTOMER, customers[0]))
@@ -121,8 +129,9 @@ async def test_a_family_tablet_stops_linking_after_three_customers(identity: Ide
     assert fourth.person_id != first.person_id
 
 
-async def test_raw_email_is_hashed_before_storage(identity: IdentityHarness, cassandra_admin: CassandraClient,
-                                                  unique: Callable[[str], str]) -> None:
+async def test_raw_email_is_hashed_before_storage(
+    identity: IdentityHarness, cassandra_admin: CassandraClient, unique: Callable[[str], str]
+) -> None:
     local_part = unique("jane")
     raw = f"  {local_part.upper()}@Example.org "
     reply = await resolve(identity, EMAIL, raw)
@@ -138,7 +147,9 @@ async def test_raw_email_is_hashed_before_storage(identity: IdentityHarness, cas
     assert not any(local_part in key for key in keys)
 
 
-async def test_unlink_moves_an_identifier_to_a_new_person(identity: IdentityHarness, unique: Callable[[str], str]) -> None:
+async def test_unlink_moves_an_identifier_to_a_new_person(
+    identity: IdentityHarness, unique: Callable[[str], str]
+) -> None:
     shared, mine = unique("shared"), unique("mine")
     person = (await link(identity, ident(COOKIE, shared), ident(CUSTOMER, mine))).person_id
     reply = await identity.call("Unlink", pb.UnlinkRequest(identifier=ident(COOKIE, shared)))
@@ -150,20 +161,32 @@ async def test_unlink_moves_an_identifier_to_a_new_person(identity: IdentityHarn
     assert error_details(raised.value).reason == "ONLY_IDENTIFIER"
 
 
-async def test_forget_leaves_nothing_in_cassandra_or_redis(identity: IdentityHarness, cassandra_admin: CassandraClient,
-                                                           unique: Callable[[str], str]) -> None:
+async def test_forget_leaves_nothing_in_cassandra_or_redis(
+    identity: IdentityHarness, cassandra_admin: CassandraClient, unique: Callable[[str], str]
+) -> None:
     phone, laptop, customer, tablet = unique("fphone"), unique("flaptop"), unique("fcust"), unique("ftab")
     phone_person = (await resolve(identity, COOKIE, phone)).person_id
     await link(identity, ident(COOKIE, laptop), ident(CUSTOMER, customer), ident(DEVICE, tablet))
     survivor = (await link(identity, ident(COOKIE, phone), ident(CUSTOMER, customer))).person_id
-    reply = await identity.call("Forget", pb.ForgetRequest(person_id=phone_person))  # a merged-away id: the whole person
+    reply = await identity.call(
+        "Forget", pb.ForgetRequest(person_id=phone_person)
+    )  # a merged-away id: the whole person
     assert set(reply.erased_person_ids) >= {survivor, phone_person}
     assert reply.erased_identifier_count == 4
 
     needles = {phone, laptop, customer, tablet, survivor, *reply.erased_person_ids}
     keyspace = identity.settings.cassandra_keyspace
-    for table in ("identifier_person", "person", "person_identifier", "merged_from", "merge_log", "person_lock",
-                  "device_customer", "customer_device", "event_outbox"):
+    for table in (
+        "identifier_person",
+        "person",
+        "person_identifier",
+        "merged_from",
+        "merge_log",
+        "person_lock",
+        "device_customer",
+        "customer_device",
+        "event_outbox",
+    ):
         for row in cassandra_admin.session.execute(f"SELECT * FROM {keyspace}.{table}"):
             text = repr(row)
             assert not any(needle in text for needle in needles), f"{table} still holds {row}"
@@ -207,17 +230,32 @@ async def test_merges_are_streamed_in_order(identity: IdentityHarness, unique: C
         ("Resolve", pb.ResolveRequest(identifier=common.Identifier(type=COOKIE, value="")), "identifier.value"),
         ("Resolve", pb.ResolveRequest(identifier=common.Identifier(type=0, value="x")), "identifier.type"),  # type: ignore[arg-type]
         ("Resolve", pb.ResolveRequest(identifier=common.Identifier(type=42, value="x")), "identifier.type"),  # type: ignore[arg-type]
-        ("Resolve", pb.ResolveRequest(identifier=common.Identifier(type=COOKIE, value="x" * 1_000_000)), "identifier.value"),
-        ("Link", pb.LinkRequest(identifiers=[common.Identifier(type=COOKIE, value=f"c{i}") for i in range(10_000)]), "identifiers"),
+        (
+            "Resolve",
+            pb.ResolveRequest(identifier=common.Identifier(type=COOKIE, value="x" * 1_000_000)),
+            "identifier.value",
+        ),
+        (
+            "Link",
+            pb.LinkRequest(identifiers=[common.Identifier(type=COOKIE, value=f"c{i}") for i in range(10_000)]),
+            "identifiers",
+        ),
         ("Link", pb.LinkRequest(identifiers=[common.Identifier(type=COOKIE, value="only-one")]), "identifiers"),
-        ("Link", pb.LinkRequest(identifiers=[common.Identifier(type=COOKIE, value="ok"), common.Identifier(type=COOKIE, value=" ")]), "identifiers[1].value"),
+        (
+            "Link",
+            pb.LinkRequest(
+                identifiers=[common.Identifier(type=COOKIE, value="ok"), common.Identifier(type=COOKIE, value=" ")]
+            ),
+            "identifiers[1].value",
+        ),
         ("BatchResolve", pb.BatchResolveRequest(), "identifiers"),
         ("GetPerson", pb.GetPersonRequest(person_id="../../etc/passwd"), "person_id"),
         ("Forget", pb.ForgetRequest(person_id=""), "person_id"),
     ],
 )
-async def test_bad_input_is_invalid_argument_naming_the_field(identity: IdentityHarness, method: str,
-                                                              request_message: object, field: str) -> None:
+async def test_bad_input_is_invalid_argument_naming_the_field(
+    identity: IdentityHarness, method: str, request_message: object, field: str
+) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await identity.call(method, request_message)
     details = error_details(raised.value)
@@ -242,10 +280,15 @@ async def test_auth_missing_wrong_and_out_of_scope(identity: IdentityHarness) ->
     assert (await identity.call("Resolve", request)).person_id == person  # not forgotten
 
 
-async def test_a_tiny_deadline_is_deadline_exceeded_not_a_crash(identity: IdentityHarness, unique: Callable[[str], str]) -> None:
+async def test_a_tiny_deadline_is_deadline_exceeded_not_a_crash(
+    identity: IdentityHarness, unique: Callable[[str], str]
+) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as raised:
-        await identity.call("Link", pb.LinkRequest(identifiers=[ident(COOKIE, unique("d1")), ident(COOKIE, unique("d2"))]),
-                            timeout=0.001)
+        await identity.call(
+            "Link",
+            pb.LinkRequest(identifiers=[ident(COOKIE, unique("d1")), ident(COOKIE, unique("d2"))]),
+            timeout=0.001,
+        )
     assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert (await resolve(identity, COOKIE, unique("after"))).created
 
@@ -255,6 +298,10 @@ async def test_metrics_count_rpcs_by_method_and_code(identity: IdentityHarness) 
 
     await resolve(identity, COOKIE, "metrics-probe")
     port = identity.running.metrics_port
-    body = await asyncio.to_thread(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode())
-    assert 'rapport_rpc_total{code="OK",method="/rapport.identity.v1.IdentityService/Resolve",service="identity"}' in body
+    body = await asyncio.to_thread(
+        lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    )
+    assert (
+        'rapport_rpc_total{code="OK",method="/rapport.identity.v1.IdentityService/Resolve",service="identity"}' in body
+    )
     assert "rapport_rpc_duration_seconds_bucket" in body

@@ -103,7 +103,8 @@ class CassandraIdentityStore:
     async def person(self, person_id: str, *, serial: bool = False) -> PersonRow | None:
         rows = await self._db.execute(
             "SELECT person_id, created_at, last_seen, merged_into FROM {keyspace}.person WHERE person_id = ?",
-            [person_id], serial_read=serial,
+            [person_id],
+            serial_read=serial,
         )
         if not rows or rows[0]["created_at"] is None:
             return None
@@ -157,8 +158,9 @@ class CassandraIdentityStore:
         )
         return [row["merged_person_id"] for row in rows]
 
-    async def append_merge_log(self, person_id: str, kind: str, from_person: str, to_person: str,
-                               identifiers: list[str], at_ms: int) -> None:
+    async def append_merge_log(
+        self, person_id: str, kind: str, from_person: str, to_person: str, identifiers: list[str], at_ms: int
+    ) -> None:
         await self._db.execute(
             "INSERT INTO {keyspace}.merge_log (person_id, event_id, kind, from_person_id, to_person_id, identifiers)"
             " VALUES (?, ?, ?, ?, ?, ?)",
@@ -168,12 +170,16 @@ class CassandraIdentityStore:
     async def merge_log(self, person_id: str) -> list[MergeLogRow]:
         rows = await self._db.execute(
             "SELECT event_id, kind, from_person_id, to_person_id, identifiers FROM {keyspace}.merge_log"
-            " WHERE person_id = ?", [person_id],
+            " WHERE person_id = ?",
+            [person_id],
         )
         return [
             MergeLogRow(
-                timeuuid_to_ms(row["event_id"]), row["kind"], row["from_person_id"],
-                row["to_person_id"], list(row["identifiers"] or []),
+                timeuuid_to_ms(row["event_id"]),
+                row["kind"],
+                row["from_person_id"],
+                row["to_person_id"],
+                list(row["identifiers"] or []),
             )
             for row in rows
         ]
@@ -187,7 +193,9 @@ class CassandraIdentityStore:
         return applied
 
     async def unlock(self, person_id: str, owner: str) -> None:
-        await self._db.execute_lwt("DELETE FROM {keyspace}.person_lock WHERE person_id = ? IF owner = ?", [person_id, owner])
+        await self._db.execute_lwt(
+            "DELETE FROM {keyspace}.person_lock WHERE person_id = ? IF owner = ?", [person_id, owner]
+        )
 
     # shared-device guard
     async def record_device_customer(self, device: str, customer_id: str) -> None:
@@ -236,10 +244,16 @@ class CassandraIdentityStore:
     async def outbox(self) -> list[OutboxEvent]:
         rows = await self._db.execute(
             "SELECT event_id, kind, survivor_person_id, person_ids, identifier FROM {keyspace}.event_outbox"
-            " WHERE bucket = ?", [OUTBOX_BUCKET],
+            " WHERE bucket = ?",
+            [OUTBOX_BUCKET],
         )
         return [
-            OutboxEvent(row["event_id"], row["kind"], row["survivor_person_id"], list(row["person_ids"] or []),
-                        row["identifier"] or "")
+            OutboxEvent(
+                row["event_id"],
+                row["kind"],
+                row["survivor_person_id"],
+                list(row["person_ids"] or []),
+                row["identifier"] or "",
+            )
             for row in rows
         ]

@@ -32,6 +32,8 @@ return {person, 0}
 """
 
 STREAM_MAX_LEN = 1_000_000
+# Replies are decoded (decode_responses=True); redis-py types them as bytes | str | None.
+StreamEntries = list[tuple[str, dict[str, str]]]
 
 
 @dataclass(frozen=True)
@@ -108,18 +110,24 @@ class RedisIdentityCache:
 
     # event stream
     async def publish(self, fields: dict[str, str]) -> str:
-        return str(await self._redis.xadd(self.stream_key, fields, maxlen=STREAM_MAX_LEN, approximate=True))
+        entry_id = await self._redis.xadd(
+            self.stream_key, dict(fields.items()), maxlen=STREAM_MAX_LEN, approximate=True
+        )
+        return str(entry_id)
 
     async def erase_events_about(self, person_ids: set[str]) -> int:
         """Delete stream entries naming any of these persons (GDPR erasure)."""
         erased = 0
         cursor = "-"
         while True:
-            entries = await self._redis.xrange(self.stream_key, min=cursor, max="+", count=1000)
+            entries: StreamEntries = await self._redis.xrange(  # type: ignore[assignment]
+                self.stream_key, min=cursor, max="+", count=1000
+            )
             if not entries:
                 return erased
             doomed = [
-                entry_id for entry_id, fields in entries
+                entry_id
+                for entry_id, fields in entries
                 if person_ids.intersection(json.loads(fields.get("persons", "[]")))
             ]
             if doomed:
@@ -133,10 +141,12 @@ class RedisIdentityCache:
         """Events after `after_event_id` ("$" = only new ones), forever, in order."""
         cursor = after_event_id
         if cursor == "$":
-            latest = await self._redis.xrevrange(self.stream_key, count=1)
+            latest: StreamEntries = await self._redis.xrevrange(self.stream_key, count=1)  # type: ignore[assignment]
             cursor = latest[0][0] if latest else "0-0"
         while True:
-            batches = await self._redis.xread({self.stream_key: cursor}, count=100, block=block_ms)
+            batches: list[tuple[str, StreamEntries]] | None = await self._redis.xread(  # type: ignore[assignment]
+                {self.stream_key: cursor}, count=100, block=block_ms
+            )
             for _stream, entries in batches or []:
                 for entry_id, fields in entries:
                     cursor = entry_id

@@ -78,7 +78,9 @@ def parse_identifier(type_number: int, value: str, field: str) -> IdentifierKey:
     if not stripped:
         violations.append(FieldViolation(f"{field}.value", "must not be empty"))
     elif encoded_length > MAX_VALUE_BYTES:
-        violations.append(FieldViolation(f"{field}.value", f"must be at most {MAX_VALUE_BYTES} bytes, got {encoded_length}"))
+        violations.append(
+            FieldViolation(f"{field}.value", f"must be at most {MAX_VALUE_BYTES} bytes, got {encoded_length}")
+        )
     elif any(ord(ch) < 32 for ch in stripped):
         violations.append(FieldViolation(f"{field}.value", "must not contain control characters"))
     if violations or identifier_type is None:
