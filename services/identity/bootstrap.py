@@ -12,6 +12,7 @@ from services.common.cassandra import open_cassandra
 from services.common.redis import RedisClient
 from services.common.server import ServiceRegistration
 from services.identity.adapters.cassandra_store import SCHEMA_FILE, CassandraIdentityStore
+from services.identity.adapters.near_cache import NearCache
 from services.identity.adapters.redis_cache import RedisIdentityCache
 from services.identity.graph import IdentityGraph, IdentityRules
 from services.identity.server import METHOD_SCOPES, SERVICE_NAME, IdentityServicer
@@ -34,13 +35,19 @@ async def build_identity(settings: IdentitySettings) -> ServiceRegistration:
         CassandraIdentityStore(cassandra),
         RedisIdentityCache(redis, settings.cache_ttl_s, settings.last_seen_every_s),
         IdentityRules(max_customers_per_device=settings.max_customers_per_device, lock_lease_s=settings.lock_lease_s),
+        NearCache(settings.near_cache_ttl_ms / 1000, settings.near_cache_entries),
     )
-    relay = asyncio.create_task(_relay_outbox_forever(graph, settings), name="identity-outbox-relay")
+    background = [
+        asyncio.create_task(_relay_outbox_forever(graph, settings), name="identity-outbox-relay"),
+        asyncio.create_task(graph.keep_near_cache_coherent(), name="identity-near-cache"),
+    ]
 
     async def close() -> None:
-        relay.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await relay
+        for task in background:
+            task.cancel()
+        for task in background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await graph.drain()
         await redis.close()
         await cassandra.close()

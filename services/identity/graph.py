@@ -31,6 +31,7 @@ import structlog
 from services.common import deadlines
 from services.common.errors import Aborted, FailedPrecondition, NotFound
 from services.identity.adapters.cassandra_store import CassandraIdentityStore, OutboxEvent
+from services.identity.adapters.near_cache import NearCache
 from services.identity.adapters.redis_cache import RedisIdentityCache, StreamEvent
 from services.identity.domain.identifiers import IdentifierKey, IdentifierType
 from services.identity.domain.merging import (
@@ -106,24 +107,52 @@ def now_ms() -> int:
 
 
 class IdentityGraph:
-    def __init__(self, store: CassandraIdentityStore, cache: RedisIdentityCache, rules: IdentityRules) -> None:
+    def __init__(
+        self,
+        store: CassandraIdentityStore,
+        cache: RedisIdentityCache,
+        rules: IdentityRules,
+        near_cache: NearCache | None = None,
+    ) -> None:
         self._store = store
         self._cache = cache
         self._rules = rules
+        self._near = near_cache if near_cache is not None else NearCache(ttl_s=0, max_entries=0)
         self._background: set[asyncio.Task[Any]] = set()
 
     # ---------------------------------------------------------------- resolve
     async def resolve(self, identifier: IdentifierKey) -> Resolution:
+        # A near-cache hit skips last_seen: once the entry expires (30 s by default, within the
+        # 60 s last_seen granularity) the Redis path below, which throttles those writes, answers.
+        near = self._near.get(identifier.key)
+        if near is not None:
+            return Resolution(identifier, near, False)
+        epoch = self._near.epoch
         cached = await self._cache.lookup(identifier.key)
         if cached is not None:
             if cached.last_seen_due:
                 self._in_background(self._store.touch_last_seen(cached.person_id, now_ms()))
+            self._near.put(identifier.key, cached.person_id, epoch)
             return Resolution(identifier, cached.person_id, False)
         person_id, created = await self._resolve_in_store(identifier)
         await self._cache.remember([identifier.key], person_id)
+        self._near.put(identifier.key, person_id, epoch)
         if not created:
             self._in_background(self._store.touch_last_seen(person_id, now_ms()))
         return Resolution(identifier, person_id, created)
+
+    async def keep_near_cache_coherent(self, retry_s: float = 0.5) -> None:
+        """Apply other replicas' invalidations to the near cache, forever; off while unsubscribed."""
+        if not self._near.configured:
+            return
+        while True:
+            try:
+                async for person_ids in self._cache.invalidations(self._near.switch_on):
+                    self._near.invalidate_persons(person_ids)
+            except Exception:
+                log.warning("near_cache_invalidations_lost", retry_s=retry_s)
+            self._near.switch_off()
+            await asyncio.sleep(retry_s)
 
     async def resolve_many(self, identifiers: Sequence[IdentifierKey]) -> list[Resolution]:
         limiter = asyncio.Semaphore(self._rules.resolve_concurrency)
@@ -236,6 +265,7 @@ class IdentityGraph:
                 await self._store.append_merge_log(survivor.person_id, KIND_LINK, loser, survivor.person_id, moved, at)
             await self._cache.redirect(losers, survivor.person_id)
             await self._cache.remember(roots.keys(), survivor.person_id)
+            self._near.invalidate_persons(losers)
         log.info("persons_merged", survivor=survivor.person_id, merged=losers)
         await self._publish(outbox)
         return LinkResult(survivor.person_id, losers, skipped)
@@ -380,6 +410,7 @@ class IdentityGraph:
             for person_id in (previous, new_person):
                 await self._store.append_merge_log(person_id, KIND_UNLINK, previous, new_person, [identifier.key], at)
             await self._cache.remember([identifier.key], new_person)
+            self._near.invalidate_persons([previous])
             # A Resolve that read Cassandra just before the move may re-cache the old person: drop it again.
             self._in_background(self._forget_cached_later(identifier.key))
             await self._publish(outbox)
@@ -420,6 +451,9 @@ class IdentityGraph:
             for member in group:
                 await self._store.delete_person(member)
             await self._cache.forget(identifiers, group)
+            # Erasure has no event to carry the near-cache eviction to other replicas: send it here.
+            self._near.invalidate_persons(group)
+            await self._cache.publish_invalidation(group)
             await self._cache.erase_events_about(set(group))
             log.info("person_forgotten", person=locked[0], persons=len(group), identifiers=len(identifiers))
             return ForgetResult(group, len(identifiers))
@@ -443,6 +477,7 @@ class IdentityGraph:
         except Exception:
             log.warning("event_publish_deferred", kind=event.kind)
             return
+        await self._cache.publish_invalidation(involved)
         await self._store.remove_outbox(event.event_id)
 
     async def relay_outbox(self, older_than_ms: int) -> int:

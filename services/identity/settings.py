@@ -21,6 +21,15 @@ class IdentitySettings(CommonSettings):
         "RAPPORT_IDENTITY_LOCK_LEASE_S", 10, "Lease of a person lock taken while merging (expires if a replica dies)."
     )
     cache_ttl_s: int = setting("RAPPORT_IDENTITY_CACHE_TTL_S", 86400, "Lifetime of a cached identifier -> person.")
+    near_cache_ttl_ms: int = setting(
+        "RAPPORT_IDENTITY_NEAR_CACHE_TTL_MS",
+        30_000,
+        "Lifetime of an identifier -> person answer kept in a replica's memory (0 = off); merges, unlinks and "
+        "erasures evict it at once through Redis pub/sub, and it is dropped while that channel is down.",
+    )
+    near_cache_entries: int = setting(
+        "RAPPORT_IDENTITY_NEAR_CACHE_ENTRIES", 200_000, "Most identifiers kept in a replica's near cache."
+    )
     last_seen_every_s: int = setting(
         "RAPPORT_IDENTITY_LAST_SEEN_EVERY_S", 60, "A person's last_seen is written at most this often."
     )

@@ -7,8 +7,9 @@ to the survivor in the same round trip.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -56,6 +57,7 @@ class RedisIdentityCache:
         self._redirect_prefix = f"{prefix}identity:merged:"
         self._seen_prefix = f"{prefix}identity:seen:"
         self.stream_key = f"{prefix}identity:events"
+        self.invalidation_channel = f"{prefix}identity:invalidate"
         self._cache_ttl_s = cache_ttl_s
         # A redirect outlives any cache entry that could point at the merged-away person.
         self._redirect_ttl_s = cache_ttl_s * 2 + 60
@@ -107,6 +109,33 @@ class RedisIdentityCache:
                 await self._redis.delete(*keys)
         except RedisError:
             pass
+
+    # near-cache invalidation (pub/sub: fire and forget, the near cache's TTL covers a lost message)
+    async def publish_invalidation(self, person_ids: Iterable[str]) -> None:
+        with contextlib.suppress(RedisError):
+            await self._redis.publish(self.invalidation_channel, json.dumps(sorted(person_ids)))
+
+    async def invalidations(
+        self, on_subscribed: Callable[[], None], ping_every_s: float = 5.0
+    ) -> AsyncIterator[list[str]]:
+        """Person ids named by invalidations, until the connection fails (then it raises)."""
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(self.invalidation_channel)
+            on_subscribed()
+            idle_s = 0.0
+            while True:
+                message = await pubsub.get_message(timeout=1.0)
+                if message is None:
+                    idle_s += 1.0
+                    if idle_s >= ping_every_s:  # a silent, dead connection must not look healthy
+                        await pubsub.ping()
+                        idle_s = 0.0
+                    continue
+                if message.get("type") == "message":
+                    yield list(json.loads(message["data"]))
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     # event stream
     async def publish(self, fields: dict[str, str]) -> str:
