@@ -30,9 +30,14 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
+# google/rpc/status.proto comes with googleapis-common-protos (whose Python module the generated
+# code imports); a copy under .cache/proto-deps lets protoc and buf see it.
+PROTO_DEPS := $(RAPPORT_CACHE)/proto-deps
+
 gen/.stamp: $(PROTOS) $(VENV)/.installed
-	rm -rf gen && mkdir -p gen
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m grpc_tools.protoc -I protos \
+	rm -rf gen $(PROTO_DEPS) && mkdir -p gen $(PROTO_DEPS)/google/rpc
+	cp "$$($(PY) -c 'import google.rpc.status_pb2 as m, os; print(os.path.dirname(m.__file__))')/status.proto" $(PROTO_DEPS)/google/rpc/
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m grpc_tools.protoc -I protos -I $(PROTO_DEPS) \
 	  --python_out=gen --grpc_python_out=gen --mypy_out=gen --mypy_grpc_out=gen $(PROTOS)
 	touch $@
 
@@ -74,7 +79,7 @@ test-unit: venv gen
 
 lint: venv gen
 	scripts/tools.sh buf
-	cd protos && $(BIN)/buf lint
+	$(BIN)/buf lint
 	$(VENV)/bin/ruff check services tests bench
 	$(VENV)/bin/mypy services tests bench
 
