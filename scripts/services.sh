@@ -53,11 +53,14 @@ PY
 cmd_start() {
   mkdir -p "$RUN_DIR"
   local key; key="${RAPPORT_API_KEYS:-dev:$(dev_key):*}"
+  # The key services present to each other (profile -> identity, ...); the dev key by default.
+  local peer_key; peer_key="${RAPPORT_PEER_API_KEY:-$(dev_key)}"
   for entry in "${SERVICES[@]}"; do
     IFS=: read -r name port metrics <<<"$entry"
     local pid_file="$RUN_DIR/$name.pid" log_file="$RUN_DIR/$name.log"
     if running "$pid_file"; then log "$name already running (pid $(cat "$pid_file"))"; continue; fi
     (cd "$REPO" && RAPPORT_API_KEYS="$key" RAPPORT_PORT="$port" RAPPORT_METRICS_PORT="$metrics" \
+      RAPPORT_IDENTITY_API_KEY="${RAPPORT_IDENTITY_API_KEY:-$peer_key}" \
       PYTHONPATH="$REPO:$REPO/gen" setsid nohup "$PY" -m "services.$name" >>"$log_file" 2>&1 </dev/null &
       echo $! >"$pid_file")
     if ! wait_serving "$port"; then
@@ -68,7 +71,9 @@ cmd_start() {
 }
 
 cmd_stop() {
-  for entry in "${SERVICES[@]}"; do
+  local index
+  for (( index=${#SERVICES[@]}-1; index>=0; index-- )); do  # callers first, identity last
+    local entry="${SERVICES[$index]}"
     IFS=: read -r name _ _ <<<"$entry"
     local pid_file="$RUN_DIR/$name.pid"
     running "$pid_file" || { rm -f "$pid_file"; continue; }

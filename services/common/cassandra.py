@@ -12,7 +12,7 @@ import structlog
 from cassandra import ConsistencyLevel, DriverException
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
-from cassandra.query import PreparedStatement, dict_factory
+from cassandra.query import BatchStatement, BatchType, PreparedStatement, dict_factory
 
 from services.common import deadlines
 from services.common.errors import Unavailable
@@ -105,6 +105,9 @@ class CassandraClient:
             statement = statement.bind(parameters or ())
             statement.consistency_level = ConsistencyLevel.LOCAL_SERIAL
             parameters = None
+        return await self._run(statement, parameters, timeout_s)
+
+    async def _run(self, statement: Any, parameters: Sequence[Any] | None, timeout_s: float | None) -> list[dict[str, Any]]:
         budget = timeout_s if timeout_s is not None else deadlines.remaining_s()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
@@ -121,6 +124,14 @@ class CassandraClient:
         except (NoHostAvailable, DriverException) as error:
             raise Unavailable(f"Cassandra did not answer in time: {type(error).__name__}") from error
         return list(rows or ())
+
+    async def execute_batch(self, statements: Sequence[tuple[str, Sequence[Any]]], timeout_s: float | None = None) -> None:
+        """Write several statements as one UNLOGGED batch (meant for rows of one partition, which
+        Cassandra applies as a single mutation)."""
+        batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+        for cql, parameters in statements:
+            batch.add(self.prepare(cql), parameters)
+        await self._run(batch, None, timeout_s)
 
     async def execute_lwt(self, cql: str, parameters: Sequence[Any]) -> tuple[bool, dict[str, Any]]:
         """Run a lightweight transaction; (applied, current row as Cassandra returned it)."""

@@ -33,7 +33,7 @@ from services.common.errors import Aborted, FailedPrecondition, NotFound
 from services.identity.adapters.cassandra_store import CassandraIdentityStore, OutboxEvent
 from services.identity.adapters.near_cache import NearCache
 from services.identity.adapters.redis_cache import RedisIdentityCache, StreamEvent
-from services.identity.domain.identifiers import IdentifierKey, IdentifierType
+from services.common.identifiers import IdentifierKey, IdentifierType
 from services.identity.domain.merging import (
     PersonSnapshot,
     choose_survivor,

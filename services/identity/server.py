@@ -12,13 +12,12 @@ from rapport.common.v1 import identifier_pb2
 from rapport.identity.v1 import identity_service_pb2 as pb
 from rapport.identity.v1 import identity_service_pb2_grpc as pb_grpc
 from services.common.errors import FieldViolation, InvalidArgument
-from services.identity.domain.identifiers import IdentifierKey, parse_identifier
+from services.common.identifiers import IdentifierKey, parse_identifier, parse_person_id
 from services.identity.graph import IdentityGraph, PersonView
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["IdentityService"].full_name
 MAX_BATCH_RESOLVE = 1000
 MAX_LINK_IDENTIFIERS = 100
-_PERSON_ID_LENGTH = 32
 
 SCOPE_RESOLVE = "identity.resolve"
 SCOPE_LINK = "identity.link"
@@ -59,12 +58,6 @@ def identifiers_from_proto(
     if violations:
         raise InvalidArgument(violations)
     return parsed
-
-
-def person_id_from_request(person_id: str) -> str:
-    if len(person_id) != _PERSON_ID_LENGTH or any(ch not in "0123456789abcdef" for ch in person_id):
-        raise InvalidArgument([FieldViolation("person_id", "must be the 32 hex digits of a person id")])
-    return person_id
 
 
 def timestamp_ms(ms: int) -> Timestamp:
@@ -131,7 +124,7 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
         )
 
     async def GetPerson(self, request: pb.GetPersonRequest, context: grpc.aio.ServicerContext) -> pb.GetPersonResponse:
-        view = await self._graph.person_view(person_id_from_request(request.person_id))
+        view = await self._graph.person_view(parse_person_id(request.person_id))
         return pb.GetPersonResponse(person=person_to_proto(view))
 
     async def Unlink(self, request: pb.UnlinkRequest, context: grpc.aio.ServicerContext) -> pb.UnlinkResponse:
@@ -139,7 +132,7 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
         return pb.UnlinkResponse(previous_person_id=previous, new_person_id=new)
 
     async def Forget(self, request: pb.ForgetRequest, context: grpc.aio.ServicerContext) -> pb.ForgetResponse:
-        result = await self._graph.forget(person_id_from_request(request.person_id))
+        result = await self._graph.forget(parse_person_id(request.person_id))
         return pb.ForgetResponse(
             erased_person_ids=result.erased_person_ids, erased_identifier_count=result.erased_identifier_count
         )

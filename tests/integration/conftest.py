@@ -1,4 +1,4 @@
-"""In-process identity servers against the real Redis and Cassandra, one keyspace per run."""
+"""In-process identity and profile servers against the real Redis and Cassandra, one keyspace per run."""
 
 from __future__ import annotations
 
@@ -11,11 +11,14 @@ import grpc
 import pytest
 
 from rapport.identity.v1 import identity_service_pb2_grpc as pb_grpc
+from rapport.profile.v1 import profile_service_pb2_grpc as profile_grpc
 from services.common.cassandra import CassandraClient
 from services.common.server import RunningServer, create_server
 from services.common.settings import load_settings
 from services.identity.bootstrap import build_identity
 from services.identity.settings import IdentitySettings
+from services.profile.bootstrap import build_profile
+from services.profile.settings import ProfileSettings
 from tests.support import ADMIN_KEY, API_KEYS, CASSANDRA_HOST, CASSANDRA_PORT, REDIS_URL, bearer
 
 
@@ -76,3 +79,56 @@ def unique() -> Callable[[str], str]:
     import uuid
 
     return lambda label: f"{label}-{uuid.uuid4().hex[:12]}"
+
+
+# ---------------------------------------------------------------------------------- profile
+@dataclass
+class ProfileHarness:
+    running: RunningServer
+    settings: ProfileSettings
+    channel: grpc.aio.Channel
+    stub: profile_grpc.ProfileServiceStub
+    identity: IdentityHarness
+
+    async def call(self, method: str, request: Any, key: str = ADMIN_KEY, timeout: float = 15.0) -> Any:
+        return await getattr(self.stub, method)(request, metadata=bearer(key), timeout=timeout)
+
+
+def profile_settings(run_id: str, identity_address: str, **overrides: Any) -> ProfileSettings:
+    values: dict[str, Any] = dict(
+        port=0,
+        metrics_port=0,
+        api_keys=API_KEYS,
+        cassandra_keyspace=f"it_profile_{run_id}",
+        cassandra_hosts=CASSANDRA_HOST,
+        cassandra_port=CASSANDRA_PORT,
+        redis_url=REDIS_URL,
+        redis_prefix=f"test:{run_id}:",
+        health_interval_s=0.2,
+        identity_address=identity_address,
+        identity_api_key=ADMIN_KEY,
+        default_deadline_ms=10_000.0,
+    )
+    values.update(overrides)
+    return load_settings(ProfileSettings, {}, **values)
+
+
+@asynccontextmanager
+async def running_profile(settings: ProfileSettings, identity: IdentityHarness) -> AsyncIterator[ProfileHarness]:
+    running = await create_server(settings, await build_profile(settings))
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+    try:
+        yield ProfileHarness(running, settings, channel, profile_grpc.ProfileServiceStub(channel), identity)
+    finally:
+        await channel.close()
+        await running.stop(0.5)
+
+
+@pytest.fixture(scope="session")
+async def profile(
+    identity: IdentityHarness, cassandra_admin: CassandraClient, run_id: str
+) -> AsyncIterator[ProfileHarness]:
+    settings = profile_settings(run_id, identity.address)
+    cassandra_admin.created_keyspaces.append(settings.cassandra_keyspace)  # type: ignore[attr-defined]
+    async with running_profile(settings, identity) as harness:
+        yield harness

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.common.errors import InvalidArgument
-from services.identity.domain.identifiers import IdentifierKey, IdentifierType, parse_identifier
+from services.common.identifiers import IdentifierKey, IdentifierType, parse_identifier
 
 
 def sha(text: str) -> str:

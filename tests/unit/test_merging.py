@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from services.common.errors import FailedPrecondition
-from services.identity.domain.identifiers import IdentifierKey, IdentifierType
+from services.common.identifiers import IdentifierKey, IdentifierType
 from services.identity.domain.merging import PersonSnapshot, choose_survivor, ensure_single_customer, is_shared_device
 
 ANON_OLD = PersonSnapshot("a" * 32, 1_000, frozenset())

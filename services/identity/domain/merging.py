@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from services.common.errors import FailedPrecondition
-from services.identity.domain.identifiers import IdentifierKey, IdentifierType
+from services.common.identifiers import IdentifierKey, IdentifierType
 
 DEFAULT_MAX_CUSTOMERS_PER_DEVICE = 3
 

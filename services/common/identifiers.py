@@ -1,4 +1,5 @@
-"""Identifiers as the identity graph stores them, and their validation.
+"""Identifiers as the identity graph stores them, and their validation (shared: every service that
+accepts an identifier checks it the same way before it reaches identity).
 
 Raw e-mail addresses and phone numbers are normalised and hashed here, before anything else
 sees them, so no raw PII is ever stored or logged.
@@ -104,3 +105,13 @@ def parse_identifier(type_number: int, value: str, field: str) -> IdentifierKey:
             raise InvalidArgument([FieldViolation(f"{field}.value", "must be 64 hex digits or a phone number")])
         return IdentifierKey(identifier_type, sha256_hex(phone))
     return IdentifierKey(identifier_type, stripped)
+
+
+PERSON_ID_LENGTH = 32
+
+
+def parse_person_id(value: str, field: str = "person_id") -> str:
+    """A person id as identity issues them: 32 lower-case hex digits."""
+    if len(value) != PERSON_ID_LENGTH or any(ch not in "0123456789abcdef" for ch in value):
+        raise InvalidArgument([FieldViolation(field, "must be the 32 hex digits of a person id")])
+    return value

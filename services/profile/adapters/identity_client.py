@@ -1,0 +1,161 @@
+"""The identity service as profile uses it: resolve identifiers, list a person's identifiers,
+erase a person, follow merges. Every call gets what remains of the request's budget."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from rapport.common.v1 import identifier_pb2
+from rapport.identity.v1 import identity_service_pb2 as identity_pb
+from rapport.identity.v1 import identity_service_pb2_grpc as identity_grpc
+from services.common import deadlines
+from services.common.errors import InvalidArgument, NotFound, RapportError, Unavailable
+from services.common.identifiers import IdentifierKey
+
+BATCH_RESOLVE_LIMIT = 1000
+_RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED)
+
+
+@dataclass(frozen=True)
+class IdentityEvent:
+    """A merge (losers -> survivor) or an unlink, from identity's event stream."""
+
+    event_id: str
+    survivor_person_id: str
+    merged_person_ids: tuple[str, ...]
+
+
+def _to_proto(identifier: IdentifierKey) -> identifier_pb2.Identifier:
+    return identifier_pb2.Identifier(type=int(identifier.type), value=identifier.value)  # type: ignore[arg-type]
+
+
+class IdentityClient:
+    name = "identity"
+
+    def __init__(self, address: str, api_key: str, tls_ca_file: str = "") -> None:
+        options = [("grpc.max_receive_message_length", 16 * 1024 * 1024)]
+        if tls_ca_file:
+            credentials = grpc.ssl_channel_credentials(Path(tls_ca_file).read_bytes())
+            self._channel = grpc.aio.secure_channel(address, credentials, options=options)
+        else:
+            self._channel = grpc.aio.insecure_channel(address, options=options)
+        self._stub = identity_grpc.IdentityServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {api_key}"),)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    def _error(self, error: grpc.aio.AioRpcError, what: str) -> RapportError:
+        code = error.code()
+        if code == grpc.StatusCode.NOT_FOUND:
+            return NotFound(f"identity does not know this {what}", "PERSON_NOT_FOUND")
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            return InvalidArgument([], f"identity rejected the {what}: {error.details()}")
+        return Unavailable(f"the identity service failed ({code.name}) while handling the {what}")
+
+    async def resolve(self, identifiers: Sequence[IdentifierKey]) -> dict[str, str]:
+        """identifier key -> person id, creating persons at first sight."""
+        found: dict[str, str] = {}
+        unique = list({identifier.key: identifier for identifier in identifiers}.values())
+        for start in range(0, len(unique), BATCH_RESOLVE_LIMIT):
+            chunk = unique[start : start + BATCH_RESOLVE_LIMIT]
+            try:
+                reply = await self._stub.BatchResolve(
+                    identity_pb.BatchResolveRequest(identifiers=[_to_proto(identifier) for identifier in chunk]),
+                    metadata=self._metadata,
+                    timeout=deadlines.remaining_s(0.01),
+                )
+            except grpc.aio.AioRpcError as error:
+                raise self._error(error, "identifiers") from error
+            for identifier, resolution in zip(chunk, reply.resolutions, strict=True):
+                found[identifier.key] = resolution.person_id
+        return found
+
+    async def identifiers_of(self, person_id: str) -> list[identifier_pb2.Identifier]:
+        try:
+            reply = await self._stub.GetPerson(
+                identity_pb.GetPersonRequest(person_id=person_id),
+                metadata=self._metadata,
+                timeout=deadlines.remaining_s(0.01),
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                return []
+            raise self._error(error, "person") from error
+        return [linked.identifier for linked in reply.person.identifiers]
+
+    async def root_of(self, person_id: str) -> str | None:
+        """The person a (possibly merged-away) person id now belongs to, per identity."""
+        try:
+            reply = await self._stub.GetPerson(
+                identity_pb.GetPersonRequest(person_id=person_id),
+                metadata=self._metadata,
+                timeout=deadlines.remaining_s(0.01),
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise self._error(error, "person") from error
+        return str(reply.person.person_id)
+
+    async def merged_into(self, person_id: str) -> list[str]:
+        """The persons identity merged into this one (its history says so); [] if unknown."""
+        try:
+            reply = await self._stub.GetPerson(
+                identity_pb.GetPersonRequest(person_id=person_id),
+                metadata=self._metadata,
+                timeout=deadlines.remaining_s(0.01),
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                return []
+            raise self._error(error, "person") from error
+        return sorted(
+            {
+                merge.from_person_id
+                for merge in reply.person.merges
+                if merge.kind == identity_pb.MERGE_KIND_LINK and merge.from_person_id != person_id
+            }
+        )
+
+    async def ping(self, timeout_s: float) -> None:
+        """Health probe: identity's own grpc.health.v1 answer must be SERVING."""
+        reply = await self._health.Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
+        if reply.status != health_pb2.HealthCheckResponse.SERVING:
+            raise Unavailable("the identity service is not serving")
+
+    async def forget(self, person_id: str) -> list[str]:
+        """Erase the person in identity; the persons erased (it and those merged into it)."""
+        try:
+            reply = await self._stub.Forget(
+                identity_pb.ForgetRequest(person_id=person_id),
+                metadata=self._metadata,
+                timeout=deadlines.remaining_s(0.01),
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                return []
+            raise self._error(error, "person") from error
+        return list(reply.erased_person_ids)
+
+    async def merges(self, after_event_id: str) -> AsyncIterator[IdentityEvent]:
+        """Identity's merge and unlink events after `after_event_id`, until the stream breaks."""
+        call = self._stub.WatchMerges(
+            identity_pb.WatchMergesRequest(after_event_id=after_event_id), metadata=self._metadata
+        )
+        async for event in call:
+            if event.HasField("persons_merged"):
+                merged = event.persons_merged
+                yield IdentityEvent(event.event_id, merged.survivor_person_id, tuple(merged.merged_person_ids))
+            else:
+                yield IdentityEvent(event.event_id, "", ())
+
+
+def is_retryable(error: grpc.aio.AioRpcError) -> bool:
+    return error.code() in _RETRYABLE

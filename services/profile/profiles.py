@@ -1,0 +1,379 @@
+"""The profile service's use cases: track, read, describe, CRM attributes, merges, export, erase.
+
+Tracking (see README "Nothing acknowledged is lost"):
+1. identifiers are resolved to persons by the identity service (one BatchResolve per batch);
+2. the events are written to the Cassandra log (idempotent rows keyed by person, day, time, id);
+3. the live state of each person is read from Redis, the new events folded in, and written
+   back by revision compare-and-set, which also puts them on the profile event stream;
+4. only then is the batch acknowledged.
+A crash anywhere before 4 leaves the caller without an answer; resending is safe, because the
+log rows are the same rows and the live state remembers the ids it applied. A state missing
+from Redis (flushed, expired) is rebuilt from the log; an event older than the state's last
+one (a late mobile batch) makes the state be rebuilt from the log, in time order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import structlog
+
+from rapport.common.v1 import event_pb2, identifier_pb2
+from services.common.errors import Aborted, FieldViolation, InvalidArgument, NotFound
+from services.common.identifiers import IdentifierKey
+from services.profile.adapters.cassandra_log import CassandraProfileStore, LoggedEvent, TimelineCursor
+from services.profile.adapters.identity_client import IdentityClient
+from services.profile.adapters.redis_state import RedisProfileState, StateWrite, StoredState
+from services.profile.codec import CheckedEvent, stored_to_tracked
+from services.profile.domain.events import EventKind, TrackedEvent
+from services.profile.domain.folding import FoldRules, apply, comes_after, fold, price_bucket
+from services.profile.domain.state import ProfileState
+from services.profile.domain.view import NO_RFM, PriceBands, RfmScores, quintile
+
+log = structlog.get_logger("rapport.profile")
+
+STORE_ATTEMPTS = 8
+MAX_KNOWN_PRICES = 200_000
+EXPORT_CHUNK = 500
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class ProfileRules:
+    fold: FoldRules
+    cart_abandoned_after_ms: int
+    language: str = "en"
+
+
+@dataclass(frozen=True)
+class TrackOutcome:
+    person_id: str
+    duplicate: bool
+
+
+@dataclass(frozen=True)
+class LiveProfile:
+    """A person's state with what it takes to read it now."""
+
+    state: ProfileState
+    attributes: dict[str, str]
+    bands: PriceBands
+    rfm: RfmScores
+
+
+@dataclass
+class _PersonBatch:
+    events: list[TrackedEvent]
+    duplicates: set[str]
+
+
+def stream_entry(person_id: str, event: TrackedEvent) -> str:
+    """The compact JSON other services read from the profile event stream."""
+    entry: dict[str, object] = {"person": person_id, "id": event.event_id, "type": event.kind.name, "t": event.time_ms}
+    if event.product is not None:
+        entry["product"] = event.product.product_id
+        entry["category"] = event.product.category
+        entry["price"] = event.product.price
+    if event.quantity:
+        entry["qty"] = event.quantity
+    if event.search_query:
+        entry["query"] = event.search_query
+    if event.order is not None:
+        entry["order"] = {
+            "id": event.order.order_id,
+            "products": [line.product.product_id for line in event.order.lines],
+            "total": event.order.total,
+        }
+    if event.context.country:
+        entry["country"] = event.context.country
+    if event.message_id:
+        entry["message"] = event.message_id
+    return json.dumps(entry, separators=(",", ":"))
+
+
+class Profiles:
+    def __init__(
+        self, store: CassandraProfileStore, live: RedisProfileState, identity: IdentityClient, rules: ProfileRules
+    ) -> None:
+        self._store = store
+        self._live = live
+        self._identity = identity
+        self.rules = rules
+        self._known_prices: set[tuple[str, str, int]] = set()
+
+    # ------------------------------------------------------------------ tracking
+    async def track(self, events: Sequence[CheckedEvent]) -> list[TrackOutcome]:
+        """Record valid events; one outcome per event, in order. Raises if nothing could be made durable."""
+        if not events:
+            return []
+        persons = await self._identity.resolve([checked.identifier for checked in events])
+        rows: list[LoggedEvent] = []
+        batches: dict[str, _PersonBatch] = {}
+        owners: list[str] = []
+        for checked in events:
+            person_id = persons[checked.identifier.key]
+            owners.append(person_id)
+            rows.append(LoggedEvent(person_id, checked.event.time_ms, checked.event.event_id, _payload(checked)))
+            batches.setdefault(person_id, _PersonBatch([], set())).events.append(checked.event)
+        await self._store.append(rows)
+        # A person merged away while this batch was in flight: the merge copied the log before
+        # these rows were written, or we see its mark here (it is set before the copy starts).
+        moved = await self._live.survivors(list(batches))
+        for loser, survivor in moved.items():
+            await self._store.append([_moved(row, survivor) for row in rows if row.person_id == loser])
+            target = batches.setdefault(survivor, _PersonBatch([], set()))
+            target.events.extend(batches.pop(loser).events)
+            owners = [survivor if owner == loser else owner for owner in owners]
+        await self._apply(batches)
+        await self._register_prices(checked.event for checked in events)
+        return [
+            TrackOutcome(owner, checked.event.event_id in batches[owner].duplicates)
+            for owner, checked in zip(owners, events, strict=True)
+        ]
+
+    async def _apply(self, batches: Mapping[str, _PersonBatch], force_rebuild: bool = False) -> None:
+        pending = sorted(batches)
+        for _attempt in range(STORE_ATTEMPTS):
+            loaded = await self._live.load(pending)
+            writes = [
+                await self._next_state(person, loaded[person], batches[person], force_rebuild) for person in pending
+            ]
+            stored = await self._live.store(writes)
+            for write, ok in zip(writes, stored, strict=True):
+                if ok and write.data.get("orders") and _buys(batches[write.person_id].events):
+                    state = ProfileState.from_dict(write.data)
+                    await self._live.record_rfm(
+                        write.person_id, state.last_purchase_ms, state.order_count, state.total_spent
+                    )
+            pending = [write.person_id for write, ok in zip(writes, stored, strict=True) if not ok]
+            if not pending:
+                return
+        raise Aborted("the live profile kept changing under concurrent writes; retry")
+
+    async def _next_state(
+        self, person_id: str, stored: StoredState, batch: _PersonBatch, force_rebuild: bool
+    ) -> StateWrite:
+        attributes = (
+            stored.attributes
+            if stored.attributes is not None and not force_rebuild
+            else await self._store.attributes(person_id)
+        )
+        if stored.data is None or force_rebuild:
+            state = await self._rebuild(person_id)
+            published = batch.events
+        else:
+            state = ProfileState.from_dict(stored.data)
+            remembered = set(state.recent_event_ids)
+            fresh: list[TrackedEvent] = []
+            for event in sorted(batch.events, key=lambda e: e.order_key):
+                if event.event_id in remembered:
+                    batch.duplicates.add(event.event_id)
+                else:
+                    remembered.add(event.event_id)
+                    fresh.append(event)
+            if fresh and not comes_after(state, fresh[0]):
+                state = await self._rebuild(person_id)  # a late event: refold the log in time order
+            else:
+                for event in fresh:
+                    apply(state, event, self.rules.fold)
+            published = fresh
+        return StateWrite(
+            person_id,
+            stored.revision,
+            state.to_dict(),
+            attributes,
+            [stream_entry(person_id, event) for event in published],
+        )
+
+    async def _rebuild(self, person_id: str) -> ProfileState:
+        history = await self._store.history(person_id)
+        return fold(person_id, (stored_to_tracked(row.payload) for row in history), self.rules.fold)
+
+    async def _register_prices(self, events: Iterable[TrackedEvent]) -> None:
+        fresh: list[tuple[str, str, int]] = []
+        for event in events:
+            products = [event.product] if event.product is not None else []
+            if event.order is not None:
+                products += [line.product for line in event.order.lines]
+            for product in products:
+                bucket = price_bucket(product.price)
+                if bucket is None or not product.category:
+                    continue
+                key = (product.category, product.product_id, bucket)
+                if key not in self._known_prices:
+                    self._known_prices.add(key)
+                    fresh.append(key)
+        if fresh:
+            await self._live.register_prices(fresh)
+        if len(self._known_prices) > MAX_KNOWN_PRICES:
+            self._known_prices.clear()
+
+    # ------------------------------------------------------------------ reading
+    async def person_of(self, identifier: IdentifierKey | None, person_id: str | None) -> str:
+        """The live person behind a selector (following profile-side merges of a person id)."""
+        if identifier is not None:
+            return (await self._identity.resolve([identifier]))[identifier.key]
+        assert person_id is not None
+        for _ in range(16):
+            survivor = await self._store.survivor_of(person_id)
+            if survivor is None:
+                return person_id
+            person_id = survivor
+        return person_id
+
+    async def live(self, person_id: str) -> LiveProfile:
+        stored = (await self._live.load([person_id]))[person_id]
+        if stored.data is None:
+            await self._apply({person_id: _PersonBatch([], set())})
+            stored = (await self._live.load([person_id]))[person_id]
+        state = ProfileState.from_dict(stored.data) if stored.data else ProfileState(person_id)
+        attributes = stored.attributes if stored.attributes is not None else await self._store.attributes(person_id)
+        categories = {key.rpartition("|")[0] for key in state.price_affinity}
+        if state.session is not None:
+            categories.update(state.session.categories)
+        for visit in state.past_visits:
+            if visit.top_category:
+                categories.add(visit.top_category)
+        bands = PriceBands(await self._live.price_distributions(categories))
+        rfm = NO_RFM
+        if state.order_count:
+            ranks = await self._live.rfm_ranks(state.last_purchase_ms, state.order_count, state.total_spent)
+            rfm = RfmScores(*(quintile(lower, ties, total) for lower, ties, total in ranks))
+        return LiveProfile(state, attributes, bands, rfm)
+
+    async def identifiers_of(self, person_id: str) -> list[identifier_pb2.Identifier]:
+        return await self._identity.identifiers_of(person_id)
+
+    async def timeline(
+        self, person_id: str, size: int, cursor: TimelineCursor | None
+    ) -> tuple[list[event_pb2.Event], TimelineCursor | None]:
+        rows, next_cursor = await self._store.page(person_id, size, cursor)
+        return [event_pb2.Event.FromString(row.payload) for row in rows], next_cursor
+
+    async def export(self, person_id: str) -> AsyncIterator[list[event_pb2.Event]]:
+        """The person's events, oldest first, in chunks."""
+        history = sorted(await self._store.history(person_id), key=lambda row: (row.time_ms, row.event_id))
+        for start in range(0, len(history), EXPORT_CHUNK):
+            yield [event_pb2.Event.FromString(row.payload) for row in history[start : start + EXPORT_CHUNK]]
+
+    # ------------------------------------------------------------------ CRM attributes
+    async def set_attributes(self, person_id: str, attributes: Mapping[str, str]) -> None:
+        await self._store.set_attributes(person_id, attributes, now_ms())
+        for _attempt in range(STORE_ATTEMPTS):
+            stored = (await self._live.load([person_id]))[person_id]
+            if stored.data is None:
+                return  # the next read rebuilds the state and loads the attributes from Cassandra
+            current = dict(stored.attributes if stored.attributes is not None else {})
+            if stored.attributes is None:
+                current = await self._store.attributes(person_id)
+            for name, value in attributes.items():
+                if value:
+                    current[name] = value
+                else:
+                    current.pop(name, None)
+            write = StateWrite(person_id, stored.revision, stored.data, current, [])
+            if (await self._live.store([write]))[0]:
+                return
+        raise Aborted("the live profile kept changing under concurrent writes; retry")
+
+    # ------------------------------------------------------------------ merges
+    async def absorb(self, survivor: str, losers: Sequence[str]) -> None:
+        """Identity merged `losers` into `survivor`: move their history and attributes, refold."""
+        losers = [loser for loser in losers if loser != survivor]
+        if not losers:
+            return
+        at = now_ms()
+        for loser in losers:
+            await self._store.record_merge(loser, survivor, at)
+        await self._live.mark_merged(losers, survivor)
+        survivor_attributes = await self._store.attributes(survivor)
+        for loser in losers:
+            history = await self._store.history(loser)
+            await self._store.append([_moved(row, survivor) for row in history])
+            inherited = {
+                name: value
+                for name, value in (await self._store.attributes(loser)).items()
+                if name not in survivor_attributes
+            }
+            if inherited:
+                await self._store.set_attributes(survivor, inherited, at)
+                survivor_attributes.update(inherited)
+        await self._apply({survivor: _PersonBatch([], set())}, force_rebuild=True)
+        for loser in losers:
+            await self._store.erase_history(loser)
+            await self._store.erase_attributes(loser)
+        await self._live.drop(losers)
+        await self._live.forget_rfm(losers)
+        log.info("persons_absorbed", survivor=survivor, merged=list(losers))
+
+    async def follow_identity(self, checkpoint_name: str = "identity-merges", retry_s: float = 1.0) -> None:
+        """Absorb every merge identity announces, forever, resuming after the last one handled."""
+        while True:
+            try:
+                position = await self._store.checkpoint(checkpoint_name) or "0"
+                async for event in self._identity.merges(position):
+                    if event.merged_person_ids:
+                        await self.absorb(event.survivor_person_id, event.merged_person_ids)
+                    await self._store.save_checkpoint(checkpoint_name, event.event_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("identity_merges_interrupted", retry_s=retry_s, exc_info=True)
+            await asyncio.sleep(retry_s)
+
+    # ------------------------------------------------------------------ GDPR
+    async def forget(self, person_id: str) -> tuple[list[str], int]:
+        """Erase the person and everyone merged into it, here and in identity."""
+        group = {person_id, *(await self._identity.merged_into(person_id))}
+        erased_events = 0
+        for member in sorted(group):
+            erased_events += await self._store.erase_history(member)
+            await self._store.erase_attributes(member)
+        await self._store.erase_merge_records(group)
+        await self._live.drop(group)
+        await self._live.forget_rfm(sorted(group))
+        await self._live.forget_merged(sorted(group))
+        await self._live.erase_events_about(group)
+        erased_in_identity = await self._identity.forget(person_id)
+        log.info("person_forgotten", person=person_id, persons=len(group), events=erased_events)
+        return sorted(group | set(erased_in_identity)), erased_events
+
+
+def _payload(checked: CheckedEvent) -> bytes:
+    """The event as logged: the identifier normalised (a raw e-mail is stored only as its hash)."""
+    event = event_pb2.Event()
+    event.CopyFrom(checked.proto)
+    event.identifier.value = checked.identifier.value
+    return event.SerializeToString()
+
+
+def _moved(row: LoggedEvent, person_id: str) -> LoggedEvent:
+    return LoggedEvent(person_id, row.time_ms, row.event_id, row.payload)
+
+
+def _buys(events: Sequence[TrackedEvent]) -> bool:
+    return not events or any(event.kind is EventKind.PURCHASE for event in events)
+
+
+def validate_attributes(attributes: Mapping[str, str], field: str) -> dict[str, str]:
+    violations: list[FieldViolation] = []
+    for name, value in attributes.items():
+        if not name or len(name) > 64 or any(ch not in "abcdefghijklmnopqrstuvwxyz0123456789_" for ch in name):
+            violations.append(FieldViolation(f"{field}[{name[:64]!r}]", "names are [a-z0-9_]{1,64}"))
+        elif len(value.encode()) > 1024:
+            violations.append(FieldViolation(f"{field}[{name!r}]", "values are at most 1 024 bytes"))
+    if not attributes:
+        violations.append(FieldViolation(field, "must hold at least one attribute"))
+    if violations:
+        raise InvalidArgument(violations)
+    return dict(attributes)
+
+
+__all__ = ["LiveProfile", "NotFound", "ProfileRules", "Profiles", "TrackOutcome", "validate_attributes"]
