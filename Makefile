@@ -13,7 +13,7 @@ BIN := $(RAPPORT_CACHE)/bin
 PROTOS := $(shell find protos -name '*.proto')
 PYTEST_ARGS ?=
 
-.PHONY: help venv gen tools stack run stop status test test-unit lint bench-identity clean
+.PHONY: help venv gen tools stack run stop status test test-unit lint bench-identity bench-profile chaos-profile replay clean
 
 help:
 	@echo "make run             start Redis, Cassandra and every service (prints ports and the dev API key)"
@@ -21,6 +21,9 @@ help:
 	@echo "make test            unit + integration + end-to-end tests against real Redis and Cassandra"
 	@echo "make lint            buf lint, ruff, mypy"
 	@echo "make bench-identity  ghz load on Resolve vs the health-check floor"
+	@echo "make bench-profile   sustained TrackBatch load, durable writes: events_per_s, p99_batch_ms"
+	@echo "make chaos-profile   kill -9 the profile process under load: acked, stored, lost"
+	@echo "make replay DATA=../shared/data   replay the real datasets through TrackBatch (stack running)"
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
@@ -85,6 +88,17 @@ lint: venv gen
 
 bench-identity: venv gen stack tools
 	PATH=$(BIN):$$PATH PYTHONPATH=$(CURDIR):$(CURDIR)/gen $(PY) -m bench.identity_resolve
+
+bench-profile: venv gen stack
+	PYTHONPATH=$(CURDIR):$(CURDIR)/gen $(PY) -m bench.profile_track
+
+# The real datasets through the public TrackBatch RPC (the stack must be running: `make run`).
+DATA ?= ../shared/data
+replay: venv gen
+	PYTHONPATH=$(CURDIR):$(CURDIR)/gen $(PY) -m services.profile.cli.replay --data $(DATA) $(REPLAY_ARGS)
+
+chaos-profile: venv gen stack
+	PATH=$(BIN):$$PATH PYTHONPATH=$(CURDIR):$(CURDIR)/gen $(PY) -m bench.profile_chaos
 
 clean:
 	rm -rf gen .pytest_cache .mypy_cache .ruff_cache

@@ -107,7 +107,9 @@ class CassandraClient:
             parameters = None
         return await self._run(statement, parameters, timeout_s)
 
-    async def _run(self, statement: Any, parameters: Sequence[Any] | None, timeout_s: float | None) -> list[dict[str, Any]]:
+    async def _run(
+        self, statement: Any, parameters: Sequence[Any] | None, timeout_s: float | None
+    ) -> list[dict[str, Any]]:
         budget = timeout_s if timeout_s is not None else deadlines.remaining_s()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
@@ -125,7 +127,9 @@ class CassandraClient:
             raise Unavailable(f"Cassandra did not answer in time: {type(error).__name__}") from error
         return list(rows or ())
 
-    async def execute_batch(self, statements: Sequence[tuple[str, Sequence[Any]]], timeout_s: float | None = None) -> None:
+    async def execute_batch(
+        self, statements: Sequence[tuple[str, Sequence[Any]]], timeout_s: float | None = None
+    ) -> None:
         """Write several statements as one UNLOGGED batch (meant for rows of one partition, which
         Cassandra applies as a single mutation)."""
         batch = BatchStatement(batch_type=BatchType.UNLOGGED)

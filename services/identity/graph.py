@@ -30,10 +30,10 @@ import structlog
 
 from services.common import deadlines
 from services.common.errors import Aborted, FailedPrecondition, NotFound
+from services.common.identifiers import IdentifierKey, IdentifierType
 from services.identity.adapters.cassandra_store import CassandraIdentityStore, OutboxEvent
 from services.identity.adapters.near_cache import NearCache
 from services.identity.adapters.redis_cache import RedisIdentityCache, StreamEvent
-from services.common.identifiers import IdentifierKey, IdentifierType
 from services.identity.domain.merging import (
     PersonSnapshot,
     choose_survivor,

@@ -38,6 +38,8 @@ def timestamp_ms(event: event_pb2.Event) -> int:
 
 
 def _text(value: str, path: str, violations: list[FieldViolation], limit: int = MAX_TEXT_BYTES) -> None:
+    if len(value) * 4 <= limit:  # UTF-8 needs at most 4 bytes a character: no need to encode
+        return
     size = len(value.encode())
     if size > limit:
         violations.append(FieldViolation(path, f"must be at most {limit} bytes, got {size}"))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
 
 import structlog
@@ -117,8 +117,11 @@ class Profiles:
         rows: list[LoggedEvent] = []
         batches: dict[str, _PersonBatch] = {}
         owners: list[str] = []
+        # Persons identity created for this batch have no history: their state starts empty
+        # instead of being rebuilt from a log that holds only this batch.
+        newborn = {resolved.person_id for resolved in persons.values() if resolved.created}
         for checked in events:
-            person_id = persons[checked.identifier.key]
+            person_id = persons[checked.identifier.key].person_id
             owners.append(person_id)
             rows.append(LoggedEvent(person_id, checked.event.time_ms, checked.event.event_id, _payload(checked)))
             batches.setdefault(person_id, _PersonBatch([], set())).events.append(checked.event)
@@ -131,20 +134,27 @@ class Profiles:
             target = batches.setdefault(survivor, _PersonBatch([], set()))
             target.events.extend(batches.pop(loser).events)
             owners = [survivor if owner == loser else owner for owner in owners]
-        await self._apply(batches)
+        await self._apply(batches, newborn=newborn)
         await self._register_prices(checked.event for checked in events)
         return [
             TrackOutcome(owner, checked.event.event_id in batches[owner].duplicates)
             for owner, checked in zip(owners, events, strict=True)
         ]
 
-    async def _apply(self, batches: Mapping[str, _PersonBatch], force_rebuild: bool = False) -> None:
+    async def _apply(
+        self, batches: Mapping[str, _PersonBatch], force_rebuild: bool = False, newborn: Set[str] = frozenset()
+    ) -> None:
         pending = sorted(batches)
-        for _attempt in range(STORE_ATTEMPTS):
+        for attempt in range(STORE_ATTEMPTS):
             loaded = await self._live.load(pending)
-            writes = [
-                await self._next_state(person, loaded[person], batches[person], force_rebuild) for person in pending
-            ]
+            writes = await asyncio.gather(
+                *(
+                    self._next_state(
+                        person, loaded[person], batches[person], force_rebuild, attempt == 0 and person in newborn
+                    )
+                    for person in pending
+                )
+            )
             stored = await self._live.store(writes)
             for write, ok in zip(writes, stored, strict=True):
                 if ok and write.data.get("orders") and _buys(batches[write.person_id].events):
@@ -158,8 +168,16 @@ class Profiles:
         raise Aborted("the live profile kept changing under concurrent writes; retry")
 
     async def _next_state(
-        self, person_id: str, stored: StoredState, batch: _PersonBatch, force_rebuild: bool
+        self, person_id: str, stored: StoredState, batch: _PersonBatch, force_rebuild: bool, newborn: bool
     ) -> StateWrite:
+        if newborn and stored.data is None:
+            state = ProfileState(person_id)
+            unique = sorted({event.event_id: event for event in batch.events}.values(), key=lambda e: e.order_key)
+            for event in unique:
+                apply(state, event, self.rules.fold)
+            return StateWrite(
+                person_id, stored.revision, state.to_dict(), {}, [stream_entry(person_id, e) for e in unique]
+            )
         attributes = (
             stored.attributes
             if stored.attributes is not None and not force_rebuild
@@ -219,7 +237,7 @@ class Profiles:
     async def person_of(self, identifier: IdentifierKey | None, person_id: str | None) -> str:
         """The live person behind a selector (following profile-side merges of a person id)."""
         if identifier is not None:
-            return (await self._identity.resolve([identifier]))[identifier.key]
+            return (await self._identity.resolve([identifier]))[identifier.key].person_id
         assert person_id is not None
         for _ in range(16):
             survivor = await self._store.survivor_of(person_id)

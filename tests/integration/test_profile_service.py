@@ -49,9 +49,9 @@ def product(pid: str, price: float, path: tuple[str, ...] = ("Women", "Knitwear"
 def event(kind: int, who: common.Identifier, at_ms: int, event_id: str | None = None, **fields: Any) -> Any:
     message = event_pb2.Event(
         event_id=event_id or uuid.uuid4().hex,
-        type=kind,
+        type=kind,  # type: ignore[arg-type]
         identifier=who,
-        **fields,  # type: ignore[arg-type]
+        **fields,
     )
     message.event_time.FromMilliseconds(at_ms)
     return message
@@ -385,7 +385,7 @@ async def test_export_then_forget_leaves_nothing_behind(
         prefix = profile.settings.redis_prefix
         for person_id in erased.erased_person_ids:
             assert not await redis.exists(f"{prefix}profile:state:{person_id}")
-        stream = await redis.xrange(f"{prefix}profile:events")
+        stream: list[tuple[str, dict[str, str]]] = await redis.xrange(f"{prefix}profile:events")  # type: ignore[assignment]
         assert not [entry for _, entry in stream if json.loads(entry["e"])["person"] in erased.erased_person_ids]
     finally:
         await redis.aclose()

@@ -236,13 +236,19 @@ def test_guest_orders_get_a_cookie_per_invoice() -> None:
     }
 
 
+@pytest.mark.parametrize(("customer", "value"), [("17850.0", "17850"), (" 17850 ", "17850"), ("VIP-7.0", "VIP-7.0")])
+def test_customer_ids_lose_the_float_suffix_the_file_gave_them(customer: str, value: str) -> None:
+    purchase = invoice_events([retail_row(customer=customer)]).events[-1]
+    assert purchase.identifier == identifier_pb2.Identifier(type=CUSTOMER_ID, value=value)
+
+
 @pytest.mark.parametrize(
     "rows",
     [
         [retail_row(invoice="C536379", quantity="-1.0"), retail_row(invoice="C536379", quantity="3.0")],  # cancelled
         [retail_row(price="0.0"), retail_row(quantity="0.0")],  # free and empty lines
         [retail_row(stock_code="POST", description="POSTAGE"), retail_row(stock_code="M", description="Manual")],
-        [retail_row(quantity="six")],
+        [retail_row(quantity="six"), retail_row(quantity="1.5"), retail_row(price="nan"), retail_row(date="soon")],
     ],
     ids=["cancellation", "no-price-or-quantity", "fees-only", "unparsable"],
 )

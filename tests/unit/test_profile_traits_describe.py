@@ -216,7 +216,6 @@ def hesitation_of(sequence: str, categories: dict[str, tuple[str, ...]] | None =
         ("ABCAB", ("p-A", "p-B", "p-C")),
         ("ABCABC", ("p-A", "p-B", "p-C")),
         ("XYZABABW", ("p-A", "p-B")),  # the products on the way in and out are not part of it
-        ("AABBAAB", ("p-A", "p-B")),  # a reload is not a switch: A B A B
     ],
 )
 def test_going_back_and_forth_is_hesitating(sequence: str, hesitated_between: tuple[str, ...]) -> None:
@@ -224,6 +223,16 @@ def test_going_back_and_forth_is_hesitating(sequence: str, hesitated_between: tu
 
     assert trait is not None
     assert trait.product_ids == hesitated_between
+
+
+def test_reloading_a_product_is_not_switching() -> None:
+    trait = hesitation_of("AABBAAB")
+
+    assert trait is not None
+    assert (trait.strength, trait.evidence) == (
+        0.5,
+        ("viewed 'Sweater A' and 'Sweater B' alternately 4 times this visit",),
+    )
 
 
 @pytest.mark.parametrize("sequence", ["ABA", "ABCD", "ABCDABCD", "AAAA", "ABCDEFGH"])

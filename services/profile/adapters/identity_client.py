@@ -21,6 +21,12 @@ BATCH_RESOLVE_LIMIT = 1000
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED)
 
 
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    person_id: str
+    created: bool  # first sight: the person has no history anywhere yet
+
+
 @dataclass(frozen=True)
 class IdentityEvent:
     """A merge (losers -> survivor) or an unlink, from identity's event stream."""
@@ -59,9 +65,9 @@ class IdentityClient:
             return InvalidArgument([], f"identity rejected the {what}: {error.details()}")
         return Unavailable(f"the identity service failed ({code.name}) while handling the {what}")
 
-    async def resolve(self, identifiers: Sequence[IdentifierKey]) -> dict[str, str]:
-        """identifier key -> person id, creating persons at first sight."""
-        found: dict[str, str] = {}
+    async def resolve(self, identifiers: Sequence[IdentifierKey]) -> dict[str, Resolved]:
+        """identifier key -> person, creating persons at first sight."""
+        found: dict[str, Resolved] = {}
         unique = list({identifier.key: identifier for identifier in identifiers}.values())
         for start in range(0, len(unique), BATCH_RESOLVE_LIMIT):
             chunk = unique[start : start + BATCH_RESOLVE_LIMIT]
@@ -74,7 +80,7 @@ class IdentityClient:
             except grpc.aio.AioRpcError as error:
                 raise self._error(error, "identifiers") from error
             for identifier, resolution in zip(chunk, reply.resolutions, strict=True):
-                found[identifier.key] = resolution.person_id
+                found[identifier.key] = Resolved(resolution.person_id, resolution.created)
         return found
 
     async def identifiers_of(self, person_id: str) -> list[identifier_pb2.Identifier]:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn, cast
+from typing import NoReturn, TextIO, cast
 
 import grpc
 from tqdm import tqdm
@@ -130,18 +130,34 @@ class NumberedRecord:
     record: pb.CrmRecord
 
 
+def header_names(rows: Iterator[list[str]], id_column: str) -> list[str]:
+    """Read the header line: the attribute names of the columns, which must include `id_column`."""
+    header = next(rows, None)
+    if header is None:
+        raise BadHeader("the file is empty")
+    names = attribute_names(header)
+    if id_column not in names:
+        raise BadHeader(f"no {id_column!r} column; the columns are {', '.join(names)}")
+    return names
+
+
+def open_csv(path: Path) -> TextIO:
+    return path.open(encoding="utf-8-sig", newline="")  # -sig: spreadsheets often start with a BOM
+
+
+def check_header(path: Path, id_column: str) -> None:
+    """Fail before connecting (and before any progress bar) when the header is unusable."""
+    with open_csv(path) as stream:
+        header_names(csv.reader(stream), id_column)
+
+
 def read_records(
     path: Path, id_column: str, id_type: identifier_pb2.IdentifierType.ValueType, tally: ImportTally
 ) -> Iterator[NumberedRecord | None]:
     """The file's records; None for a row that was skipped (counted and noted in `tally`)."""
-    with path.open(encoding="utf-8-sig", newline="") as stream:  # -sig: spreadsheets often write a BOM
+    with open_csv(path) as stream:
         rows = csv.reader(stream)
-        header = next(rows, None)
-        if header is None:
-            raise BadHeader("the file is empty")
-        names = attribute_names(header)
-        if id_column not in names:
-            raise BadHeader(f"no {id_column!r} column; the columns are {', '.join(names)}")
+        names = header_names(rows, id_column)
         for cells in rows:
             if not any(cell.strip() for cell in cells):
                 continue  # blank lines are not rows
@@ -154,7 +170,7 @@ def read_records(
 
 
 def count_rows(path: Path) -> int:
-    with path.open(encoding="utf-8-sig", newline="") as stream:
+    with open_csv(path) as stream:
         return max(0, sum(1 for cells in csv.reader(stream) if any(cell.strip() for cell in cells)) - 1)
 
 
@@ -229,12 +245,13 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 async def run_import(arguments: argparse.Namespace, tally: ImportTally) -> None:
-    metadata = auth_metadata(read_api_key(arguments.api_key, arguments.api_key_file))
     id_column = attribute_name(arguments.id_column)
+    check_header(arguments.file, id_column)
+    metadata = auth_metadata(read_api_key(arguments.api_key, arguments.api_key_file))
     records = read_records(arguments.file, id_column, arguments.id_type, tally)
     async with grpc.aio.insecure_channel(arguments.address) as channel:
-        # The generated stub's overload for an aio channel gives the async stub; grpc is untyped here.
-        stub = cast(pb_grpc.ProfileServiceAsyncStub, pb_grpc.ProfileServiceStub(channel))
+        # The async stub exists only in the generated .pyi (the overload for an aio channel); grpc is untyped.
+        stub = cast("pb_grpc.ProfileServiceAsyncStub", pb_grpc.ProfileServiceStub(channel))
         await import_records(
             stub,
             records,

@@ -20,6 +20,7 @@ import csv
 import functools
 import gzip
 import itertools
+import math
 import re
 import sys
 import time
@@ -258,13 +259,15 @@ def line_kind(row: Mapping[str, str]) -> str:
     try:
         quantity = float(row["Quantity"])
         unit_price = float(row["UnitPrice"])
+        invoice_time_ms(row["InvoiceDate"])
     except ValueError:
         return "skip"
-    if quantity <= 0 or unit_price <= 0 or not quantity.is_integer():
+    if quantity <= 0 or not quantity.is_integer() or unit_price <= 0 or not math.isfinite(unit_price):
         return "skip"
     return "fee" if row["StockCode"].strip().upper() in FEE_STOCK_CODES else "product"
 
 
+@functools.lru_cache(maxsize=65_536)  # about 23 000 distinct invoice times, each on many lines
 def invoice_time_ms(invoice_date: str) -> int:
     """'2010-12-01 08:26:00' -> Unix milliseconds; the data set gives no zone, UTC is assumed."""
     moment = datetime.fromisoformat(invoice_date.strip()).replace(tzinfo=UTC)
@@ -273,10 +276,11 @@ def invoice_time_ms(invoice_date: str) -> int:
 
 def customer_identifier(customer_id: str, invoice_no: str) -> identifier_pb2.Identifier:
     """The shop's customer id ('17850.0' in the file -> '17850'); a guest gets a cookie per invoice."""
-    if customer_id.strip():
-        return identifier_pb2.Identifier(
-            type=identifier_pb2.IDENTIFIER_TYPE_CUSTOMER_ID, value=str(int(float(customer_id)))
-        )
+    customer_id = customer_id.strip()
+    if customer_id.endswith(".0") and customer_id[:-2].isdigit():  # the file was written from floats
+        customer_id = customer_id[:-2]
+    if customer_id:
+        return identifier_pb2.Identifier(type=identifier_pb2.IDENTIFIER_TYPE_CUSTOMER_ID, value=customer_id)
     return identifier_pb2.Identifier(type=identifier_pb2.IDENTIFIER_TYPE_COOKIE, value=f"guest-{invoice_no}")
 
 
@@ -661,36 +665,37 @@ def open_source(dataset: str, data: Path) -> Source:
     return Source(yoochoose_events(paths, tally), count_click_rows(paths), tally)
 
 
-async def replay(arguments: argparse.Namespace) -> list[ReplayTally]:
+async def replay(arguments: argparse.Namespace, tallies: list[ReplayTally]) -> None:
+    """Replay each chosen data set in turn, appending its tally (even a partial one) to `tallies`."""
     metadata = auth_metadata(read_api_key(arguments.api_key, arguments.api_key_file))
     rejections = RejectionLog()
-    tallies: list[ReplayTally] = []
     async with grpc.aio.insecure_channel(arguments.address) as channel:
-        # The generated stub's overload for an aio channel gives the async stub; grpc is untyped here.
-        stub = cast(pb_grpc.ProfileServiceAsyncStub, pb_grpc.ProfileServiceStub(channel))
+        # The async stub exists only in the generated .pyi (the overload for an aio channel); grpc is untyped.
+        stub = cast("pb_grpc.ProfileServiceAsyncStub", pb_grpc.ProfileServiceStub(channel))
         for dataset in arguments.datasets:
+            tally = ReplayTally(dataset)
+            tallies.append(tally)
             source = open_source(dataset, arguments.data)
             events: Iterator[event_pb2.Event] = source.events
             total = source.total
             if arguments.limit is not None:
                 events = itertools.islice(events, arguments.limit)
                 total = min(total, arguments.limit)
-            tally = ReplayTally(dataset)
-            tallies.append(tally)
-            await send_events(
-                stub,
-                events,
-                tally,
-                total=total,
-                batch_size=arguments.batch_size,
-                concurrency=arguments.concurrency,
-                metadata=metadata,
-                timeout=arguments.timeout,
-                rejections=rejections,
-            )
-            tally.skipped = source.tally.skipped
+            try:
+                await send_events(
+                    stub,
+                    events,
+                    tally,
+                    total=total,
+                    batch_size=arguments.batch_size,
+                    concurrency=arguments.concurrency,
+                    metadata=metadata,
+                    timeout=arguments.timeout,
+                    rejections=rejections,
+                )
+            finally:
+                tally.skipped = source.tally.skipped
             print(tally.summary(), flush=True)
-    return tallies
 
 
 def total_tally(tallies: Sequence[ReplayTally]) -> ReplayTally:
@@ -716,16 +721,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if missing:
         print(f"missing data files: {', '.join(missing)}", file=sys.stderr)
         return 2
+    tallies: list[ReplayTally] = []
     try:
-        tallies = asyncio.run(replay(arguments))
+        asyncio.run(replay(arguments, tallies))
     except CallFailed as failure:
         print(f"replay stopped: {failure}", file=sys.stderr)
-        return 1
+        outcome = 1
     except KeyboardInterrupt:
         print("replay interrupted", file=sys.stderr)
-        return 130
+        outcome = 130
+    else:
+        outcome = 0
+    if outcome and tallies:  # what did land before the stop, since a re-run only adds the rest
+        print(f"{tallies[-1].summary()} (partial)")
     print(total_tally(tallies).summary())
-    return 0
+    return outcome
 
 
 if __name__ == "__main__":

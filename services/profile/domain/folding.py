@@ -146,7 +146,7 @@ def _host(url: str) -> str:
 def _summarise(session: SessionState) -> VisitSummary:
     top_category = max(session.categories.items(), key=lambda item: (item[1], item[0]))[0] if session.categories else ""
     top_bucket = (
-        int(max(session.price_buckets.items(), key=lambda item: (item[1], item[0]))[0])
+        int(max(session.price_buckets.items(), key=lambda item: (item[1], int(item[0])))[0])
         if session.price_buckets
         else None
     )

@@ -26,6 +26,17 @@ EMAIL_MEDIUMS = frozenset({"email", "e-mail", "newsletter", "push", "sms"})
 SOCIAL_MEDIUMS = frozenset({"social", "social-network", "social-media", "sm", "social_network"})
 
 
+def _matches(host: str, names: tuple[str, ...]) -> bool:
+    """'google.' matches google.com and news.google.fr; 't.co' matches t.co and x.t.co only."""
+    for name in names:
+        if name.endswith("."):
+            if host.startswith(name) or f".{name}" in f".{host}":
+                return True
+        elif host == name or host.endswith("." + name):
+            return True
+    return False
+
+
 def host_of(url: str) -> str:
     try:
         host = urlsplit(url if "//" in url else f"//{url}").hostname or ""
@@ -54,9 +65,9 @@ def classify_traffic(referrer: str, utm_source: str, utm_medium: str, own_host: 
         host = ""
     source = utm_source.strip().lower()
     if host:
-        if any(host.startswith(engine) or f".{engine}" in f".{host}" for engine in SEARCH_ENGINES):
+        if _matches(host, SEARCH_ENGINES):
             return "ORGANIC_SEARCH"
-        if any(host.startswith(network) or f".{network}" in f".{host}" for network in SOCIAL_NETWORKS):
+        if _matches(host, SOCIAL_NETWORKS):
             return "SOCIAL"
         return "REFERRAL"
     if source:

@@ -4,7 +4,7 @@ words, so a merchandiser can check why a visitor was labelled."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from services.profile.domain.events import CATEGORY_SEPARATOR
@@ -96,14 +96,14 @@ def detect_traits(
     half_life_ms: int = FoldRules().affinity_half_life_ms,
 ) -> list[Trait]:
     """The traits the state shows, strongest first (ties by name, so the order is stable)."""
-    detectors: list[Callable[[], Trait | None]] = [
-        lambda: _hesitating(state),
-        lambda: _review_sensitive(state),
-        lambda: _promo_sensitive(state),
-        lambda: _quality_seeking(state, now_ms, bands, half_life_ms),
-        lambda: _decisive_or_browsing(state),
+    candidates = [
+        _hesitating(state),
+        _review_sensitive(state),
+        _promo_sensitive(state),
+        _quality_seeking(state, now_ms, bands, half_life_ms),
+        _decisive_or_browsing(state),
     ]
-    traits = [trait for detect in detectors if (trait := detect()) is not None]
+    traits = [trait for trait in candidates if trait is not None]
     return sorted(traits, key=lambda trait: (-trait.strength, trait.name))
 
 
@@ -127,7 +127,7 @@ def _hesitating(state: ProfileState) -> Trait | None:
     session = state.session
     if session is None:
         return None
-    alternation = _longest_alternation(session, decided=set(state.cart) | set(state.purchased_product_ids))
+    alternation = _strongest_alternation(session, decided=set(state.cart) | set(state.purchased_product_ids))
     if alternation is None:
         return None
     titles = [f"'{session.product_titles.get(pid) or pid}'" for pid in alternation.product_ids]
@@ -136,7 +136,7 @@ def _hesitating(state: ProfileState) -> Trait | None:
     return Trait(HESITATING, round(strength, 3), (evidence,), alternation.product_ids)
 
 
-def _longest_alternation(session: SessionState, decided: set[str]) -> _Alternation | None:
+def _strongest_alternation(session: SessionState, decided: set[str]) -> _Alternation | None:
     """The stretch of the visit with most switches back between 2-3 undecided products of one
     category (the most recent one on a tie)."""
     # Reloading a product page is not switching: consecutive views of one product count once.

@@ -87,12 +87,13 @@ class CartView:
 
 
 def cart_view(state: ProfileState, now_ms: int, abandon_after_ms: int) -> CartView:
-    """A cart is abandoned when non-empty, untouched (no event at all) for the delay, and not
-    bought since it last changed."""
+    """A cart is abandoned when non-empty, with no visit to the shop for the delay (opening an
+    e-mail is not a visit), and not bought since it last changed."""
     lines = sorted(state.cart.items())
     value = sum(line.price * line.quantity for _, line in lines)
     currency = next((line.currency for _, line in lines if line.currency), state.currency)
-    idle_since = max(state.last_event_ms, state.cart_changed_ms)
+    last_on_site_ms = state.session.last_ms if state.session is not None else 0
+    idle_since = max(last_on_site_ms, state.cart_changed_ms)
     abandoned = (
         bool(lines) and now_ms - idle_since >= abandon_after_ms and state.last_purchase_ms < state.cart_changed_ms
     )

@@ -1,0 +1,78 @@
+"""Service processes for benchmarks: start `python -m services.<name>` on a free port, wait for
+SERVING, stop gracefully. Logs go to a temporary file whose path is printed on failure."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: str
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def wait_serving(self, within_s: float = 120.0) -> None:
+        deadline = time.monotonic() + within_s
+        with grpc.insecure_channel(self.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"{self.name} exited; see {self.log_path}")
+                try:
+                    reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.3)
+        raise RuntimeError(f"{self.name} did not become SERVING; see {self.log_path}")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+
+
+def start_service(name: str, env: dict[str, str], port: int | None = None) -> ServiceProcess:
+    port = port or free_port()
+    log = tempfile.NamedTemporaryFile(prefix=f"bench-{name}-", suffix=".log", delete=False)  # noqa: SIM115 - outlives this function
+    process = subprocess.Popen(
+        [str(REPO / ".venv/bin/python"), "-m", f"services.{name}"],
+        env={
+            **os.environ,
+            "PYTHONPATH": f"{REPO}:{REPO / 'gen'}",
+            "RAPPORT_PORT": str(port),
+            "RAPPORT_METRICS_PORT": "-1",
+            **env,
+        },
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    return ServiceProcess(name, port, process, log.name)
