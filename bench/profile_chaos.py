@@ -6,7 +6,9 @@ It starts its own identity and profile processes (free ports, a fresh keyspace p
 prefix per run) and removes all of it at the end. A batch that fails is resent later with the same
 events, as a real client does; a client keeps at most CHAOS_MAX_PENDING unacknowledged batches.
 
-Last line: acked=… stored=… lost=…   (exit code 1 when lost > 0 or an event was applied twice)
+Last line: acked=… stored=… lost=…   (stored: acked events found in Cassandra; lost: acked events missing
+from Cassandra or from the state rebuilt from it). Exit code 1 when lost > 0, when an event was applied
+twice, or when an acked event is missing from the live state or the event stream (see the lines above).
 Environment: CHAOS_SECONDS (20), CHAOS_KILLS (5), CHAOS_CLIENTS (4), CHAOS_BATCH (200),
 CHAOS_COOKIES (300), CHAOS_MAX_PENDING (4), CHAOS_SEED (random), CHAOS_KEEP (0: 1 keeps the data).
 """
@@ -21,7 +23,6 @@ import os
 import random
 import secrets
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -37,12 +38,13 @@ from cassandra.concurrent import execute_concurrent_with_args
 from cassandra.policies import DCAwareRoundRobinPolicy
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.support import REPO, free_port
 from rapport.common.v1 import event_pb2
 from rapport.common.v1 import identifier_pb2 as common
 from rapport.profile.v1 import profile_service_pb2 as pb
 from rapport.profile.v1 import profile_service_pb2_grpc as pb_grpc
+from services.profile.adapters.cassandra_log import unpack_events
 
-REPO = Path(__file__).resolve().parents[1]
 REDIS_URL = os.environ.get("RAPPORT_REDIS_URL", "redis://127.0.0.1:6379/0")
 CASSANDRA_HOST = os.environ.get("RAPPORT_CASSANDRA_HOSTS", "127.0.0.1").split(",")[0]
 CASSANDRA_PORT = int(os.environ.get("RAPPORT_CASSANDRA_PORT", "9042"))
@@ -93,12 +95,6 @@ def env_int(name: str, default: int) -> int:
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -199,6 +195,7 @@ class SentBatch:
 class Ack:
     person_id: str
     time_ms: int
+    duplicate: bool
 
 
 @dataclass
@@ -295,7 +292,7 @@ def record_ack(stats: LoadStats, batch: SentBatch, reply: pb.TrackBatchResponse)
         if previous is not None and previous.person_id != result.person_id:
             stats.person_changed.append(f"{sent.event_id}: {previous.person_id} then {result.person_id}")
         stats.acked[sent.event_id] = Ack(
-            result.person_id, sent.event_time.seconds * 1000 + sent.event_time.nanos // 1_000_000
+            result.person_id, sent.event_time.seconds * 1000 + sent.event_time.nanos // 1_000_000, result.duplicate
         )
         stats.duplicates_reported += int(result.duplicate)
         if result.duplicate and not batch.attempts:
@@ -392,13 +389,13 @@ def logged_events(session: Session, acked: Mapping[str, Ack]) -> tuple[dict[str,
     acked_days = {(ack.person_id, ack.time_ms // DAY_MS) for ack in acked.values()}
     unlisted = {(person, day) for person, day in acked_days if day not in recorded_days[person]}
     partitions = sorted(acked_days | {(person, day) for person, days in recorded_days.items() for day in days})
-    select_ids = session.prepare("SELECT event_id FROM event_log WHERE person_id = ? AND day = ?")
+    select_ids = session.prepare("SELECT events FROM event_chunk WHERE person_id = ? AND day = ?")
     logged: dict[str, set[str]] = {person: set() for person in persons}
     results = execute_concurrent_with_args(session, select_ids, partitions, concurrency=64)
     for (person, _day), (ok, rows) in zip(partitions, results, strict=True):
         if not ok:
-            raise RuntimeError(f"event_log read failed: {rows}")
-        logged[person].update(row[0] for row in rows)
+            raise RuntimeError(f"event_chunk read failed: {rows}")
+        logged[person].update(event.event_id for row in rows for event in unpack_events(row[0]))
     return logged, unlisted
 
 
@@ -411,10 +408,10 @@ class LiveCheck:
     examples: list[str] = field(default_factory=list)
 
 
-def newest_ids(acked_ids: Iterable[str], acked: Mapping[str, Ack], limit: int) -> set[str]:
-    """The acked ids a state remembering `limit` ids must still list (the newest by (time, id))."""
+def newest_ids(acked_ids: Iterable[str], acked: Mapping[str, Ack]) -> set[str]:
+    """The acked ids a state must still list: it remembers the newest REMEMBERED_IDS by (time, id)."""
     ordered = sorted(acked_ids, key=lambda event_id: (acked[event_id].time_ms, event_id))
-    return set(ordered[-limit:])
+    return set(ordered[max(0, len(ordered) - REMEMBERED_IDS) :])
 
 
 def check_state(
@@ -430,7 +427,7 @@ def check_state(
     if data is None:
         check.short.append(person)
         check.examples.append(f"{person}: no live state")
-        return newest_ids(acked_ids, acked, REMEMBERED_IDS)
+        return newest_ids(acked_ids, acked)
     count = int(data.get("events", 0))
     listed = set(data.get("ids", []))
     if count > len(logged):
@@ -442,7 +439,7 @@ def check_state(
     if len(listed) != len(data.get("ids", [])):
         check.doubled.append(person)
         check.examples.append(f"{person}: an event id is listed twice in recent ids")
-    missing = newest_ids(acked_ids, acked, min(REMEMBERED_IDS, count)) - listed
+    missing = newest_ids(acked_ids, acked) - listed
     check.missing_ids += len(missing)
     if missing:
         check.examples.append(f"{person}: {len(missing)} acked ids not in recent ids, e.g. {sorted(missing)[0]}")
@@ -654,7 +651,7 @@ async def run(config: Config) -> int:
         stored = len(acked) - len(missing)
         foreign = sum(len(ids) for ids in logged.values()) - stored
         print(
-            f"cassandra: {stored}/{len(acked)} acked events in event_log under the acked person "
+            f"cassandra: {stored}/{len(acked)} acked events in the event log under the acked person "
             f"({len(logged)} persons, {foreign} logged events never acked)"
             + (f"; missing e.g. {missing[0]}" if missing else "")
         )
@@ -666,7 +663,12 @@ async def run(config: Config) -> int:
         print(
             f"event stream: {stream.entries} entries; of the acked events {len(stream.missing)} never published, "
             f"{len(stream.repeated)} published more than once, {len(stream.wrong_person)} under another person"
-            + (f"; never published e.g. {stream.missing[0]}" if stream.missing else "")
+            + (
+                f" ({sum(acked[event_id].duplicate for event_id in stream.missing)} of them acked as duplicate=true)"
+                f"; e.g. {stream.missing[0]}"
+                if stream.missing
+                else ""
+            )
         )
         before, rebuilt, disagreements = await verify_live(profile.address, key, prefix, acked, logged)
         print(

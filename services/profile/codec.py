@@ -7,6 +7,7 @@ are wrong (`events[3].product.price.amount`) while the good ones still land.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 from rapport.common.v1 import event_pb2
@@ -14,6 +15,7 @@ from services.common.errors import FieldViolation, InvalidArgument
 from services.common.identifiers import IdentifierKey, parse_identifier
 from services.profile.domain.events import Context, EventKind, Order, OrderLine, Product, TrackedEvent
 
+_SPACE_OR_CONTROL = re.compile(r"[\x00-\x20]")
 MAX_EVENT_ID_BYTES = 128
 MAX_TEXT_BYTES = 2048
 MAX_EVENT_BYTES = 64 * 1024
@@ -76,7 +78,7 @@ def check_event(event: event_pb2.Event, path: str, now_ms: int, max_future_ms: i
     event_id = event.event_id
     if not event_id.strip():
         violations.append(FieldViolation(f"{path}.event_id", "must not be empty"))
-    elif len(event_id.encode()) > MAX_EVENT_ID_BYTES or any(ord(ch) < 33 for ch in event_id):
+    elif len(event_id.encode()) > MAX_EVENT_ID_BYTES or _SPACE_OR_CONTROL.search(event_id):
         violations.append(
             FieldViolation(f"{path}.event_id", f"must be at most {MAX_EVENT_ID_BYTES} bytes without spaces")
         )
@@ -190,7 +192,6 @@ def to_tracked_event(event: event_pb2.Event, kind: EventKind, at_ms: int) -> Tra
     )
 
 
-def stored_to_tracked(payload: bytes) -> TrackedEvent:
+def stored_to_tracked(event: event_pb2.Event) -> TrackedEvent:
     """An event as the log stores it (already validated when it was tracked)."""
-    event = event_pb2.Event.FromString(payload)
     return to_tracked_event(event, EventKind(event.type), timestamp_ms(event))

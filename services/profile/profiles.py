@@ -25,7 +25,12 @@ import structlog
 from rapport.common.v1 import event_pb2, identifier_pb2
 from services.common.errors import Aborted, FieldViolation, InvalidArgument, NotFound
 from services.common.identifiers import IdentifierKey
-from services.profile.adapters.cassandra_log import CassandraProfileStore, LoggedEvent, TimelineCursor
+from services.profile.adapters.cassandra_log import (
+    CassandraProfileStore,
+    LoggedEvent,
+    TimelineCursor,
+    event_time_ms,
+)
 from services.profile.adapters.identity_client import IdentityClient
 from services.profile.adapters.redis_state import RedisProfileState, StateWrite, StoredState
 from services.profile.codec import CheckedEvent, stored_to_tracked
@@ -37,6 +42,7 @@ from services.profile.domain.view import NO_RFM, PriceBands, RfmScores, quintile
 log = structlog.get_logger("rapport.profile")
 
 STORE_ATTEMPTS = 8
+REPUBLISH_WINDOW_MS = 3_600_000
 MAX_KNOWN_PRICES = 200_000
 EXPORT_CHUNK = 500
 
@@ -125,16 +131,27 @@ class Profiles:
             owners.append(person_id)
             rows.append(LoggedEvent(person_id, checked.event.time_ms, checked.event.event_id, _payload(checked)))
             batches.setdefault(person_id, _PersonBatch([], set())).events.append(checked.event)
+        # What the live states held before this batch's rows existed anywhere: an id they hold
+        # was recorded before (a duplicate). Read later, a state could already hold this batch's
+        # own events, folded in by a concurrent rebuild of the log.
+        before = await self._live.load(sorted(batches))
+        for person_id, batch in batches.items():
+            state_data = before[person_id].data
+            remembered = set(state_data["ids"]) if state_data else set()
+            batch.duplicates.update(event.event_id for event in batch.events if event.event_id in remembered)
         await self._store.append(rows)
         # A person merged away while this batch was in flight: the merge copied the log before
         # these rows were written, or we see its mark here (it is set before the copy starts).
         moved = await self._live.survivors(list(batches))
         for loser, survivor in moved.items():
             await self._store.append([_moved(row, survivor) for row in rows if row.person_id == loser])
+            moved_batch = batches.pop(loser)
             target = batches.setdefault(survivor, _PersonBatch([], set()))
-            target.events.extend(batches.pop(loser).events)
+            target.events.extend(moved_batch.events)
+            target.duplicates.update(moved_batch.duplicates)
             owners = [survivor if owner == loser else owner for owner in owners]
-        await self._apply(batches, newborn=newborn)
+            before.pop(loser, None)
+        await self._apply(batches, newborn=newborn, preloaded=before)
         await self._register_prices(checked.event for checked in events)
         return [
             TrackOutcome(owner, checked.event.event_id in batches[owner].duplicates)
@@ -142,11 +159,19 @@ class Profiles:
         ]
 
     async def _apply(
-        self, batches: Mapping[str, _PersonBatch], force_rebuild: bool = False, newborn: Set[str] = frozenset()
+        self,
+        batches: Mapping[str, _PersonBatch],
+        *,
+        force_rebuild: bool = False,
+        newborn: Set[str] = frozenset(),
+        preloaded: Mapping[str, StoredState] | None = None,
     ) -> None:
         pending = sorted(batches)
         for attempt in range(STORE_ATTEMPTS):
-            loaded = await self._live.load(pending)
+            if attempt == 0 and preloaded is not None and all(person in preloaded for person in pending):
+                loaded = dict(preloaded)
+            else:
+                loaded = await self._live.load(pending)
             writes = await asyncio.gather(
                 *(
                     self._next_state(
@@ -170,9 +195,15 @@ class Profiles:
     async def _next_state(
         self, person_id: str, stored: StoredState, batch: _PersonBatch, force_rebuild: bool, newborn: bool
     ) -> StateWrite:
+        """The state after this batch, and the events to put on the stream with it.
+
+        Every event enters the stream together with the state write that first makes the live
+        state hold it: the events of this batch, and after a rebuild, whatever the log held that
+        the stored state did not (rows of a batch that died before applying them).
+        """
+        unique = sorted({event.event_id: event for event in batch.events}.values(), key=lambda e: e.order_key)
         if newborn and stored.data is None:
             state = ProfileState(person_id)
-            unique = sorted({event.event_id: event for event in batch.events}.values(), key=lambda e: e.order_key)
             for event in unique:
                 apply(state, event, self.rules.fold)
             return StateWrite(
@@ -183,25 +214,38 @@ class Profiles:
             if stored.attributes is not None and not force_rebuild
             else await self._store.attributes(person_id)
         )
+        published: list[TrackedEvent]
         if stored.data is None or force_rebuild:
-            state = await self._rebuild(person_id)
-            published = batch.events
+            state, logged = await self._rebuild(person_id)
+            if force_rebuild:
+                published = []  # a merge: the events were published under the persons that did them
+            else:
+                # No stored state to compare with (first sight raced by another batch, a crash
+                # between log and state, a flushed Redis): this batch's events and the recent
+                # ones the log holds, at least once; older ones are history, not news.
+                recent_from = now_ms() - REPUBLISH_WINDOW_MS
+                held = [logged[event_id] for event_id in state.recent_event_ids]
+                own = {event.event_id for event in unique}
+                published = [
+                    event
+                    for event in held
+                    if event.event_id not in batch.duplicates
+                    and (event.time_ms >= recent_from or event.event_id in own)
+                ]
         else:
             state = ProfileState.from_dict(stored.data)
             remembered = set(state.recent_event_ids)
-            fresh: list[TrackedEvent] = []
-            for event in sorted(batch.events, key=lambda e: e.order_key):
-                if event.event_id in remembered:
-                    batch.duplicates.add(event.event_id)
-                else:
-                    remembered.add(event.event_id)
-                    fresh.append(event)
+            fresh = [event for event in unique if event.event_id not in remembered]
             if fresh and not comes_after(state, fresh[0]):
-                state = await self._rebuild(person_id)  # a late event: refold the log in time order
+                # A late event: refold the log in time order.
+                state, logged = await self._rebuild(person_id)
+                newly_held = [logged[event_id] for event_id in state.recent_event_ids if event_id not in remembered]
+                late = [event for event in fresh if event.event_id not in set(state.recent_event_ids)]
+                published = sorted(newly_held + late, key=lambda e: e.order_key)
             else:
                 for event in fresh:
                     apply(state, event, self.rules.fold)
-            published = fresh
+                published = fresh
         return StateWrite(
             person_id,
             stored.revision,
@@ -210,9 +254,10 @@ class Profiles:
             [stream_entry(person_id, event) for event in published],
         )
 
-    async def _rebuild(self, person_id: str) -> ProfileState:
-        history = await self._store.history(person_id)
-        return fold(person_id, (stored_to_tracked(row.payload) for row in history), self.rules.fold)
+    async def _rebuild(self, person_id: str) -> tuple[ProfileState, dict[str, TrackedEvent]]:
+        """The state the person's whole log folds to, and the logged events by id."""
+        logged = {event.event_id: stored_to_tracked(event) for event in await self._store.history(person_id)}
+        return fold(person_id, logged.values(), self.rules.fold), logged
 
     async def _register_prices(self, events: Iterable[TrackedEvent]) -> None:
         fresh: list[tuple[str, str, int]] = []
@@ -272,14 +317,13 @@ class Profiles:
     async def timeline(
         self, person_id: str, size: int, cursor: TimelineCursor | None
     ) -> tuple[list[event_pb2.Event], TimelineCursor | None]:
-        rows, next_cursor = await self._store.page(person_id, size, cursor)
-        return [event_pb2.Event.FromString(row.payload) for row in rows], next_cursor
+        return await self._store.page(person_id, size, cursor)
 
     async def export(self, person_id: str) -> AsyncIterator[list[event_pb2.Event]]:
         """The person's events, oldest first, in chunks."""
-        history = sorted(await self._store.history(person_id), key=lambda row: (row.time_ms, row.event_id))
+        history = sorted(await self._store.history(person_id), key=lambda e: (event_time_ms(e), e.event_id))
         for start in range(0, len(history), EXPORT_CHUNK):
-            yield [event_pb2.Event.FromString(row.payload) for row in history[start : start + EXPORT_CHUNK]]
+            yield history[start : start + EXPORT_CHUNK]
 
     # ------------------------------------------------------------------ CRM attributes
     async def set_attributes(self, person_id: str, attributes: Mapping[str, str]) -> None:
@@ -314,7 +358,9 @@ class Profiles:
         survivor_attributes = await self._store.attributes(survivor)
         for loser in losers:
             history = await self._store.history(loser)
-            await self._store.append([_moved(row, survivor) for row in history])
+            await self._store.append(
+                [LoggedEvent(survivor, event_time_ms(e), e.event_id, e.SerializeToString()) for e in history]
+            )
             inherited = {
                 name: value
                 for name, value in (await self._store.attributes(loser)).items()

@@ -4,33 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from rapport.common.v1 import event_pb2
+from rapport.profile.v1 import profile_service_pb2 as profile_pb2
 from services.common.cassandra import CassandraClient
 from services.common.errors import FieldViolation, InvalidArgument
 
 SCHEMA_FILE = Path(__file__).with_name("schema.cql")
 DAY_MS = 86_400_000
-# Rows of one partition per UNLOGGED batch: one mutation on the server, bounded in size.
-BATCH_ROWS = 100
+# Events per chunk row at most (a TrackBatch holds at most 1 000 events).
+CHUNK_EVENTS = 200
 
-_INSERT_EVENT = (
-    "INSERT INTO {keyspace}.event_log (person_id, day, event_time_ms, event_id, payload) VALUES (?, ?, ?, ?, ?)"
+_INSERT_CHUNK = (
+    "INSERT INTO {keyspace}.event_chunk (person_id, day, first_event_time_ms, chunk_id, event_count, events) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
 )
 _INSERT_DAY = "INSERT INTO {keyspace}.person_day (person_id, day) VALUES (?, ?)"
 _SELECT_DAYS = "SELECT day FROM {keyspace}.person_day WHERE person_id = ?"
-_SELECT_PARTITION = "SELECT event_time_ms, event_id, payload FROM {keyspace}.event_log WHERE person_id = ? AND day = ?"
-_SELECT_PAGE_AFTER = (
-    "SELECT event_time_ms, event_id, payload FROM {keyspace}.event_log WHERE person_id = ? AND day = ? "
-    "AND (event_time_ms, event_id) < (?, ?) LIMIT ?"
-)
-_SELECT_PAGE = (
-    "SELECT event_time_ms, event_id, payload FROM {keyspace}.event_log WHERE person_id = ? AND day = ? LIMIT ?"
-)
+_SELECT_PARTITION = "SELECT events FROM {keyspace}.event_chunk WHERE person_id = ? AND day = ?"
 
 
 def day_of(time_ms: int) -> int:
@@ -39,10 +36,52 @@ def day_of(time_ms: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class LoggedEvent:
+    """An event to log: its person, time, id and serialised rapport.common.v1.Event."""
+
     person_id: str
     time_ms: int
     event_id: str
     payload: bytes
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def pack_events(payloads: Iterable[bytes]) -> bytes:
+    """Frame serialised events as protobuf field 1, length-delimited (`repeated Event events = 1`)."""
+    return b"".join(b"\n" + _varint(len(payload)) + payload for payload in payloads)
+
+
+def unpack_events(blob: bytes) -> list[event_pb2.Event]:
+    return list(profile_pb2.TrackBatchRequest.FromString(blob).events)
+
+
+def event_time_ms(event: event_pb2.Event) -> int:
+    return event.event_time.seconds * 1000 + event.event_time.nanos // 1_000_000
+
+
+def _distinct(chunks: Iterable[bytes]) -> list[event_pb2.Event]:
+    seen: set[str] = set()
+    events: list[event_pb2.Event] = []
+    for blob in chunks:
+        for event in unpack_events(blob):
+            if event.event_id not in seen:
+                seen.add(event.event_id)
+                events.append(event)
+    return events
+
+
+def _newest_first(events: list[event_pb2.Event]) -> list[event_pb2.Event]:
+    return sorted(events, key=lambda event: (event_time_ms(event), event.event_id), reverse=True)
 
 
 @dataclass(frozen=True)
@@ -66,6 +105,10 @@ class TimelineCursor:
         except (ValueError, TypeError) as error:
             raise InvalidArgument([FieldViolation(field, "is not a token this service gave")]) from error
 
+    def is_after(self, event: event_pb2.Event) -> bool:
+        """True when `event` is older than the cursor (belongs to a later page)."""
+        return (event_time_ms(event), event.event_id) < (self.time_ms, self.event_id)
+
 
 class CassandraProfileStore:
     def __init__(self, cassandra: CassandraClient, write_concurrency: int = 64) -> None:
@@ -76,22 +119,27 @@ class CassandraProfileStore:
 
     # ------------------------------------------------------------------ events
     async def append(self, events: Sequence[LoggedEvent]) -> None:
-        """Durably write events (idempotent: the same event id at the same time is the same row)."""
+        """Durably write events, one chunk row per person and day (idempotent for a resent batch)."""
         partitions: dict[tuple[str, int], list[LoggedEvent]] = {}
         for event in events:
             partitions.setdefault((event.person_id, day_of(event.time_ms)), []).append(event)
-        writes = []
+        writes: list[tuple[str, Sequence[object]]] = []
         for (person_id, day), rows in partitions.items():
-            for start in range(0, len(rows), BATCH_ROWS):
-                chunk = rows[start : start + BATCH_ROWS]
+            rows.sort(key=lambda row: (row.time_ms, row.event_id))
+            for start in range(0, len(rows), CHUNK_EVENTS):
+                chunk = rows[start : start + CHUNK_EVENTS]
+                chunk_id = hashlib.blake2b(
+                    "\n".join(row.event_id for row in chunk).encode(), digest_size=12
+                ).hexdigest()
                 writes.append(
-                    [(_INSERT_EVENT, (person_id, day, row.time_ms, row.event_id, row.payload)) for row in chunk]
+                    (
+                        _INSERT_CHUNK,
+                        (person_id, day, chunk[0].time_ms, chunk_id, len(chunk), pack_events(r.payload for r in chunk)),
+                    )
                 )
         new_days = [key for key in partitions if key not in self._known_days]
-        await asyncio.gather(
-            *(self._write(batch) for batch in writes),
-            *(self._write([(_INSERT_DAY, key)]) for key in new_days),
-        )
+        writes += [(_INSERT_DAY, key) for key in new_days]
+        await asyncio.gather(*(self._write([write]) for write in writes))
         self._known_days.update(new_days)
         if len(self._known_days) > 1_000_000:
             self._known_days.clear()
@@ -107,65 +155,55 @@ class CassandraProfileStore:
         """Days with events, newest first."""
         return [row["day"] for row in await self._cassandra.execute(_SELECT_DAYS, (person_id,))]
 
-    async def history(self, person_id: str) -> list[LoggedEvent]:
-        """Every logged event of a person (any order)."""
+    async def _day(self, person_id: str, day: int) -> list[bytes]:
+        return [row["events"] for row in await self._cassandra.execute(_SELECT_PARTITION, (person_id, day))]
+
+    async def history(self, person_id: str) -> list[event_pb2.Event]:
+        """Every logged event of a person, each once, in no particular order."""
         days = await self.days_of(person_id)
-        partitions = await asyncio.gather(
-            *(self._cassandra.execute(_SELECT_PARTITION, (person_id, day)) for day in days)
-        )
-        return [
-            LoggedEvent(person_id, row["event_time_ms"], row["event_id"], row["payload"])
-            for rows in partitions
-            for row in rows
-        ]
+        partitions = await asyncio.gather(*(self._day(person_id, day) for day in days))
+        return _distinct(blob for chunks in partitions for blob in chunks)
 
     async def page(
         self, person_id: str, size: int, cursor: TimelineCursor | None
-    ) -> tuple[list[LoggedEvent], TimelineCursor | None]:
-        """Up to `size` events older than `cursor`, newest first, and the cursor of the next page."""
-        found: list[LoggedEvent] = []
+    ) -> tuple[list[event_pb2.Event], TimelineCursor | None]:
+        """Up to `size` events older than `cursor`, newest first, and the cursor of the next page.
+
+        A day's chunks may overlap in time (late batches), so a day is read whole and sorted.
+        """
+        found: list[event_pb2.Event] = []
         for day in await self.days_of(person_id):
             if cursor is not None and day > cursor.day:
                 continue
-            wanted = size + 1 - len(found)  # one more tells whether another page exists
+            events = _newest_first(_distinct(await self._day(person_id, day)))
             if cursor is not None and day == cursor.day:
-                rows = await self._cassandra.execute(
-                    _SELECT_PAGE_AFTER, (person_id, day, cursor.time_ms, cursor.event_id, wanted)
-                )
-            else:
-                rows = await self._cassandra.execute(_SELECT_PAGE, (person_id, day, wanted))
-            for row in rows:
-                found.append(LoggedEvent(person_id, row["event_time_ms"], row["event_id"], row["payload"]))
+                events = [event for event in events if cursor.is_after(event)]
+            found += events
             if len(found) > size:
                 break
         if len(found) <= size:
             return found, None
         page = found[:size]
         last = page[-1]
-        return page, TimelineCursor(day_of(last.time_ms), last.time_ms, last.event_id)
+        last_ms = event_time_ms(last)
+        return page, TimelineCursor(day_of(last_ms), last_ms, last.event_id)
 
     async def erase_history(self, person_id: str) -> int:
-        """Delete every event of a person; returns how many there were."""
+        """Delete every event of a person; returns how many distinct events there were."""
         days = await self.days_of(person_id)
-        counts = await asyncio.gather(
-            *(
-                self._cassandra.execute(
-                    "SELECT COUNT(*) AS n FROM {keyspace}.event_log WHERE person_id = ? AND day = ?", (person_id, day)
-                )
-                for day in days
-            )
-        )
+        partitions = await asyncio.gather(*(self._day(person_id, day) for day in days))
+        count = len(_distinct(blob for chunks in partitions for blob in chunks))
         await asyncio.gather(
             *(
                 self._cassandra.execute(
-                    "DELETE FROM {keyspace}.event_log WHERE person_id = ? AND day = ?", (person_id, day)
+                    "DELETE FROM {keyspace}.event_chunk WHERE person_id = ? AND day = ?", (person_id, day)
                 )
                 for day in days
             )
         )
         await self._cassandra.execute("DELETE FROM {keyspace}.person_day WHERE person_id = ?", (person_id,))
         self._known_days.difference_update((person_id, day) for day in days)
-        return sum(int(rows[0]["n"]) for rows in counts if rows)
+        return count
 
     # ------------------------------------------------------------------ attributes
     async def set_attributes(self, person_id: str, attributes: Mapping[str, str], at_ms: int) -> None:
