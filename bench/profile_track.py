@@ -7,7 +7,8 @@ beforehand, so the figure is the server's, not the load generator's. Each batch 
 time order (as an edge collector would send them).
 
 Last line: events_per_s=… p99_batch_ms=…
-Environment: BENCH_SECONDS (20), BENCH_PERSONS (5000), BENCH_BATCH (500), BENCH_CLIENTS (4).
+Environment: BENCH_SECONDS (20), BENCH_PERSONS (5000), BENCH_BATCH (500), BENCH_CLIENTS (8),
+BENCH_PROFILE_REPLICAS (2: profile processes sharing the port with SO_REUSEPORT).
 """
 
 from __future__ import annotations
@@ -91,25 +92,33 @@ async def main() -> None:
     seconds = int(os.environ.get("BENCH_SECONDS", "20"))
     person_count = int(os.environ.get("BENCH_PERSONS", "5000"))
     batch_size = int(os.environ.get("BENCH_BATCH", "500"))
-    clients = int(os.environ.get("BENCH_CLIENTS", "4"))
+    clients = int(os.environ.get("BENCH_CLIENTS", "8"))
+    replica_count = int(os.environ.get("BENCH_PROFILE_REPLICAS", "2"))
     key = "rk_bench_" + secrets.token_hex(12)
     run = secrets.token_hex(3)
     common_env = {"RAPPORT_API_KEYS": f"bench:{key}:*", "RAPPORT_REDIS_PREFIX": f"bench:{run}:"}
     identity = start_service("identity", {**common_env, "RAPPORT_CASSANDRA_KEYSPACE": "bench_identity"})
     profile: ServiceProcess | None = None
+    replicas: list[ServiceProcess] = []
     try:
         identity.wait_serving()
-        profile = start_service(
-            "profile",
-            {
-                **common_env,
-                "RAPPORT_CASSANDRA_KEYSPACE": "bench_profile",
-                "RAPPORT_IDENTITY_ADDRESS": identity.address,
-                "RAPPORT_IDENTITY_API_KEY": key,
-                "RAPPORT_DEFAULT_DEADLINE_MS": "30000",
-            },
-        )
+        profile_env = {
+            **common_env,
+            "RAPPORT_CASSANDRA_KEYSPACE": "bench_profile",
+            "RAPPORT_IDENTITY_ADDRESS": identity.address,
+            "RAPPORT_IDENTITY_API_KEY": key,
+            "RAPPORT_DEFAULT_DEADLINE_MS": "30000",
+            "RAPPORT_REUSE_PORT": "true",
+        }
+        profile = start_service("profile", profile_env)
         profile.wait_serving()
+        # Further replicas on the same host and port: the kernel spreads connections over them.
+        replicas = [
+            start_service("profile", {**profile_env, "RAPPORT_PROFILE_WATCH_IDENTITY": "false"}, port=profile.port)
+            for _ in range(replica_count - 1)
+        ]
+        for replica in replicas:
+            replica.wait_serving()
         metadata = (("authorization", f"Bearer {key}"),)
         persons = [f"bench-{run}-{i}" for i in range(person_count)]
         async with grpc.aio.insecure_channel(identity.address) as channel:  # first sight is not what we measure
@@ -144,16 +153,25 @@ async def main() -> None:
         queue: asyncio.Queue[bytes] = asyncio.Queue()
         for batch in batches:
             queue.put_nowait(batch)
-        async with grpc.aio.insecure_channel(profile.address) as channel:
-            track = channel.unary_unary(
-                "/rapport.profile.v1.ProfileService/TrackBatch",
-                request_serializer=lambda raw: raw,
-                response_deserializer=pb.TrackBatchResponse.FromString,
-            )
-            await track(batches[0], metadata=metadata, timeout=60)  # warm-up (connections, caches)
+        # One connection per client, as separate storefront collectors would have.
+        channels = [
+            grpc.aio.insecure_channel(profile.address, options=[("grpc.use_local_subchannel_pool", 1)])
+            for _ in range(clients)
+        ]
+        try:
+            tracks = [
+                channel.unary_unary(
+                    "/rapport.profile.v1.ProfileService/TrackBatch",
+                    request_serializer=lambda raw: raw,
+                    response_deserializer=pb.TrackBatchResponse.FromString,
+                )
+                for channel in channels
+            ]
+            for track in tracks:  # warm-up (connections, caches)
+                await track(queue.get_nowait(), metadata=metadata, timeout=60)
             stop_at = time.monotonic() + seconds
 
-            async def client() -> None:
+            async def client(track: grpc.aio.UnaryUnaryMultiCallable) -> None:
                 nonlocal acked, rejected
                 while time.monotonic() < stop_at and not queue.empty():
                     batch = queue.get_nowait()
@@ -164,8 +182,11 @@ async def main() -> None:
                     rejected += reply.rejected_count
 
             began = time.monotonic()
-            await asyncio.gather(*(client() for _ in range(clients)))
+            await asyncio.gather(*(client(track) for track in tracks))
             elapsed = time.monotonic() - began
+        finally:
+            for channel in channels:
+                await channel.close()
         if queue.empty():
             print("warning: the prepared batches ran out before the time was up; raise expected_rate")
         latencies.sort()
@@ -176,6 +197,8 @@ async def main() -> None:
         )
         print(f"events_per_s={acked / elapsed:.0f} p99_batch_ms={p99:.1f}")
     finally:
+        for replica in replicas:
+            replica.stop()
         if profile is not None:
             profile.stop()
         identity.stop()

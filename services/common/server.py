@@ -176,7 +176,7 @@ async def create_server(settings: CommonSettings, registration: ServiceRegistrat
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", int(settings.reuse_port)),
         ],
     )
     registration.add_to_server(server)

@@ -31,6 +31,9 @@ class CommonSettings:
     service_name: str = setting("RAPPORT_SERVICE_NAME", "rapport", "Name used in logs and metrics.")
     host: str = setting("RAPPORT_HOST", "127.0.0.1", "Interface the gRPC server binds.")
     port: int = setting("RAPPORT_PORT", 0, "gRPC port; 0 picks a free one (tests).")
+    reuse_port: bool = setting(
+        "RAPPORT_REUSE_PORT", False, "Let several processes of a service share the port (SO_REUSEPORT, one host)."
+    )
     metrics_port: int = setting(
         "RAPPORT_METRICS_PORT", -1, "Prometheus /metrics HTTP port; -1 disables, 0 picks a free one."
     )
