@@ -3,8 +3,8 @@ live state in Redis, identifiers resolved by a real identity process).
 
 Visitors are known to identity and have a live profile before the clock starts (steady state:
 first sight and first rebuild are not what is measured), and batches are built and serialised
-beforehand, so the figure is the server's, not the load generator's. Each batch carries events of many visitors, each visitor's events in
-time order (as an edge collector would send them).
+beforehand, so the figure is the server's, not the load generator's. Each batch carries events
+of many visitors, each visitor's events in time order (as an edge collector would send them).
 
 Last line: events_per_s=… p99_batch_ms=…
 Environment: BENCH_SECONDS (20), BENCH_PERSONS (5000), BENCH_BATCH (500), BENCH_CLIENTS (8),

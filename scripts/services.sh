@@ -35,6 +35,8 @@ dev_key() {
 
 running() { [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
 wait_serving() {
   local port=$1 deadline=$((SECONDS + 90))
   while (( SECONDS < deadline )); do
@@ -59,11 +61,15 @@ cmd_start() {
     IFS=: read -r name port metrics <<<"$entry"
     local pid_file="$RUN_DIR/$name.pid" log_file="$RUN_DIR/$name.log"
     if running "$pid_file"; then log "$name already running (pid $(cat "$pid_file"))"; continue; fi
+    if port_busy "$port"; then
+      log "port $port is taken by another process (an old Rapport? see: ss -ltnp | grep $port); $name not started"
+      exit 1
+    fi
     (cd "$REPO" && RAPPORT_API_KEYS="$key" RAPPORT_PORT="$port" RAPPORT_METRICS_PORT="$metrics" \
       RAPPORT_IDENTITY_API_KEY="${RAPPORT_IDENTITY_API_KEY:-$peer_key}" \
       PYTHONPATH="$REPO:$REPO/gen" setsid nohup "$PY" -m "services.$name" >>"$log_file" 2>&1 </dev/null &
       echo $! >"$pid_file")
-    if ! wait_serving "$port"; then
+    if ! wait_serving "$port" || ! running "$pid_file"; then
       log "$name did not become SERVING on :$port; last log lines:"; tail -n 30 "$log_file" >&2; exit 1
     fi
     echo "  $name  grpc 127.0.0.1:$port  metrics http://127.0.0.1:$metrics/metrics  log $log_file"

@@ -19,7 +19,9 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
 from services.common.auth import ApiKeyRegistry
+from services.common.cassandra import CassandraClient, open_cassandra
 from services.common.interceptors import InterceptorConfig, RapportServerInterceptor, RpcMetrics
+from services.common.redis import RedisClient
 from services.common.settings import CommonSettings
 
 log = structlog.get_logger("rapport.server")
@@ -219,3 +221,17 @@ async def serve(settings: CommonSettings, build: Callable[[CommonSettings], Awai
     log.info("shutting_down", grace_s=settings.shutdown_grace_s, drain_s=settings.shutdown_drain_s)
     await running.stop(settings.shutdown_grace_s, settings.shutdown_drain_s)
     log.info("stopped")
+
+
+async def open_stores(settings: CommonSettings, schema_file: Path) -> tuple[CassandraClient, RedisClient]:
+    """The service's Cassandra keyspace (schema applied if asked) and Redis, from the shared settings."""
+    schema_cql = await asyncio.to_thread(schema_file.read_text) if settings.apply_schema else None
+    cassandra = await open_cassandra(
+        settings.cassandra_hosts.split(","),
+        settings.cassandra_port,
+        settings.cassandra_keyspace,
+        settings.cassandra_local_dc,
+        replication=settings.cassandra_replication,
+        schema_cql=schema_cql,
+    )
+    return cassandra, RedisClient(settings.redis_url, settings.redis_prefix)

@@ -8,9 +8,7 @@ import contextlib
 import structlog
 
 from rapport.identity.v1 import identity_service_pb2_grpc as pb_grpc
-from services.common.cassandra import open_cassandra
-from services.common.redis import RedisClient
-from services.common.server import ServiceRegistration
+from services.common.server import ServiceRegistration, open_stores
 from services.identity.adapters.cassandra_store import SCHEMA_FILE, CassandraIdentityStore
 from services.identity.adapters.near_cache import NearCache
 from services.identity.adapters.redis_cache import RedisIdentityCache
@@ -22,15 +20,7 @@ log = structlog.get_logger("rapport.identity")
 
 
 async def build_identity(settings: IdentitySettings) -> ServiceRegistration:
-    cassandra = await open_cassandra(
-        settings.cassandra_hosts.split(","),
-        settings.cassandra_port,
-        settings.cassandra_keyspace,
-        settings.cassandra_local_dc,
-        replication=settings.cassandra_replication,
-        schema_cql=SCHEMA_FILE.read_text() if settings.apply_schema else None,
-    )
-    redis = RedisClient(settings.redis_url, settings.redis_prefix)
+    cassandra, redis = await open_stores(settings, SCHEMA_FILE)
     graph = IdentityGraph(
         CassandraIdentityStore(cassandra),
         RedisIdentityCache(redis, settings.cache_ttl_s, settings.last_seen_every_s),

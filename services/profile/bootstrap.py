@@ -6,9 +6,7 @@ import asyncio
 import contextlib
 
 from rapport.profile.v1 import profile_service_pb2_grpc as pb_grpc
-from services.common.cassandra import open_cassandra
-from services.common.redis import RedisClient
-from services.common.server import ServiceRegistration
+from services.common.server import ServiceRegistration, open_stores
 from services.profile.adapters.cassandra_log import SCHEMA_FILE, CassandraProfileStore
 from services.profile.adapters.identity_client import IdentityClient
 from services.profile.adapters.redis_state import RedisProfileState
@@ -19,15 +17,7 @@ from services.profile.settings import ProfileSettings
 
 
 async def build_profile(settings: ProfileSettings) -> ServiceRegistration:
-    cassandra = await open_cassandra(
-        settings.cassandra_hosts.split(","),
-        settings.cassandra_port,
-        settings.cassandra_keyspace,
-        settings.cassandra_local_dc,
-        replication=settings.cassandra_replication,
-        schema_cql=SCHEMA_FILE.read_text() if settings.apply_schema else None,
-    )
-    redis = RedisClient(settings.redis_url, settings.redis_prefix)
+    cassandra, redis = await open_stores(settings, SCHEMA_FILE)
     identity = IdentityClient(settings.identity_address, settings.identity_api_key, settings.identity_tls_ca_file)
     rules = ProfileRules(
         fold=FoldRules(

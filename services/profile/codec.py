@@ -18,8 +18,8 @@ from services.profile.domain.events import Context, EventKind, Order, OrderLine,
 _SPACE_OR_CONTROL = re.compile(r"[\x00-\x20]")
 MAX_EVENT_ID_BYTES = 128
 MAX_TEXT_BYTES = 2048
-MAX_EVENT_BYTES = 64 * 1024
-MAX_ORDER_LINES = 500
+MAX_EVENT_BYTES = 256 * 1024  # a wholesale order of 2 000 lines fits
+MAX_ORDER_LINES = 2000
 MAX_CATEGORY_DEPTH = 10
 PRODUCT_KINDS = frozenset(
     {EventKind.PRODUCT_VIEW, EventKind.ADD_TO_CART, EventKind.REMOVE_FROM_CART, EventKind.REVIEW_READ}

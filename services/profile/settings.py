@@ -37,7 +37,9 @@ class ProfileSettings(CommonSettings):
         "RAPPORT_PROFILE_MAX_FUTURE_SKEW_S", 300.0, "Events dated further in the future than this are rejected."
     )
     max_event_age_days: int = setting(
-        "RAPPORT_PROFILE_MAX_EVENT_AGE_DAYS", 5000, "Events older than this are rejected (replays of old data fit)."
+        "RAPPORT_PROFILE_MAX_EVENT_AGE_DAYS",
+        10_000,
+        "Events older than this are rejected (a broken device clock); replays of years-old data still fit.",
     )
     state_ttl_days: int = setting(
         "RAPPORT_PROFILE_STATE_TTL_DAYS", 30, "Live state unused this long leaves Redis (rebuilt from Cassandra)."

@@ -83,21 +83,8 @@ class IdentityClient:
                 found[identifier.key] = Resolved(resolution.person_id, resolution.created)
         return found
 
-    async def identifiers_of(self, person_id: str) -> list[identifier_pb2.Identifier]:
-        try:
-            reply = await self._stub.GetPerson(
-                identity_pb.GetPersonRequest(person_id=person_id),
-                metadata=self._metadata,
-                timeout=deadlines.remaining_s(0.01),
-            )
-        except grpc.aio.AioRpcError as error:
-            if error.code() == grpc.StatusCode.NOT_FOUND:
-                return []
-            raise self._error(error, "person") from error
-        return [linked.identifier for linked in reply.person.identifiers]
-
-    async def root_of(self, person_id: str) -> str | None:
-        """The person a (possibly merged-away) person id now belongs to, per identity."""
+    async def _person(self, person_id: str) -> identity_pb.Person | None:
+        """Identity's view of a person (the survivor, for a merged-away id); None if unknown."""
         try:
             reply = await self._stub.GetPerson(
                 identity_pb.GetPersonRequest(person_id=person_id),
@@ -108,24 +95,22 @@ class IdentityClient:
             if error.code() == grpc.StatusCode.NOT_FOUND:
                 return None
             raise self._error(error, "person") from error
-        return str(reply.person.person_id)
+        person: identity_pb.Person = reply.person
+        return person
+
+    async def identifiers_of(self, person_id: str) -> list[identifier_pb2.Identifier]:
+        person = await self._person(person_id)
+        return [linked.identifier for linked in person.identifiers] if person is not None else []
 
     async def merged_into(self, person_id: str) -> list[str]:
         """The persons identity merged into this one (its history says so); [] if unknown."""
-        try:
-            reply = await self._stub.GetPerson(
-                identity_pb.GetPersonRequest(person_id=person_id),
-                metadata=self._metadata,
-                timeout=deadlines.remaining_s(0.01),
-            )
-        except grpc.aio.AioRpcError as error:
-            if error.code() == grpc.StatusCode.NOT_FOUND:
-                return []
-            raise self._error(error, "person") from error
+        person = await self._person(person_id)
+        if person is None:
+            return []
         return sorted(
             {
                 merge.from_person_id
-                for merge in reply.person.merges
+                for merge in person.merges
                 if merge.kind == identity_pb.MERGE_KIND_LINK and merge.from_person_id != person_id
             }
         )
