@@ -118,6 +118,19 @@ async def test_a_visit_shows_in_the_profile(profile: ProfileHarness, unique: Cal
         E.EVENT_TYPE_PAGE_VIEW,
     ]
     assert [i.value for i in got.identifiers] == [phone]
+    # Each applied event is on the profile event stream once, for decision and messaging.
+    redis = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+    try:
+        stream: list[tuple[str, dict[str, str]]] = await redis.xrange(  # type: ignore[assignment]
+            f"{profile.settings.redis_prefix}profile:events"
+        )
+    finally:
+        await redis.aclose()
+    published = [json.loads(fields["e"]) for _, fields in stream]
+    mine = [entry for entry in published if entry["person"] == p.person_id]
+    assert sorted(entry["type"] for entry in mine) == sorted(
+        ["PAGE_VIEW", "PRODUCT_VIEW", "PRODUCT_VIEW", "SEARCH", "ADD_TO_CART"]
+    )
 
 
 async def test_an_event_sent_twice_is_applied_once(
