@@ -18,10 +18,11 @@ import grpc
 import structlog
 from grpc_status import rpc_status
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from redis.exceptions import RedisError
 
 from services.common import deadlines
 from services.common.auth import ApiKeyRegistry, Principal, require_scope
-from services.common.errors import DeadlineExceeded, RapportError, internal_status, to_rpc_status
+from services.common.errors import DeadlineExceeded, RapportError, Unavailable, internal_status, to_rpc_status
 
 # Probes and discovery must work without a key (Kubernetes, grpc-health-probe, grpcurl).
 PUBLIC_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -197,6 +198,10 @@ class RapportServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
                 raise
             except grpc.aio.AbortError:
                 raise
+            except RedisError as store_error:  # still failing after the client's retries
+                unavailable = Unavailable(f"Redis is unreachable: {type(store_error).__name__}")
+                self._finish(method, request_id, principal, started, "UNAVAILABLE", unavailable)
+                await self._abort(context, unavailable, request_id)
             except Exception as unexpected:
                 self._finish(method, request_id, principal, started, "INTERNAL", unexpected)
                 await self._abort(context, None, request_id)

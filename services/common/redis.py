@@ -5,6 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
 class RedisClient:
@@ -19,6 +23,9 @@ class RedisClient:
             socket_timeout=2.0,
             health_check_interval=0,
             decode_responses=True,
+            # A restarted Redis leaves dead connections in the pool: retry on a fresh one.
+            retry=Retry(ExponentialBackoff(cap=0.2, base=0.01), retries=3),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
 
     async def ping(self, timeout_s: float) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -20,8 +22,8 @@ from rapport.identity.v1 import identity_service_pb2 as identity_pb
 from rapport.profile.v1 import profile_service_pb2 as pb
 from services.common.cassandra import CassandraClient
 from services.profile.adapters.cassandra_log import unpack_events
-from tests.integration.conftest import ProfileHarness
-from tests.support import ADMIN_KEY, REDIS_URL, STOREFRONT_KEY, bearer, error_details
+from tests.integration.conftest import ProfileHarness, profile_settings, running_profile
+from tests.support import ADMIN_KEY, REDIS_URL, STOREFRONT_KEY, bearer, error_details, private_redis, start_redis
 
 pytestmark = pytest.mark.integration
 
@@ -407,3 +409,47 @@ async def test_export_then_forget_leaves_nothing_behind(
     with pytest.raises(grpc.aio.AioRpcError) as gone:
         await profile.identity.call("GetPerson", identity_pb.GetPersonRequest(person_id=person))
     assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_restarted_empty_redis_gives_back_the_same_live_state(
+    profile: ProfileHarness, unique: Callable[[str], str], run_id: str
+) -> None:
+    """Redis restarted without persistence: every live state is gone, the next read refolds it."""
+    with private_redis() as (url, process, port):
+        settings = profile_settings(
+            run_id, profile.identity.address, redis_url=url, cassandra_keyspace=profile.settings.cassandra_keyspace
+        )
+        async with running_profile(settings, profile.identity) as own:
+            visitor = unique("restart")
+            start = now_ms() - 2 * 86_400_000
+            person = (
+                (
+                    await track(
+                        own,
+                        event(E.EVENT_TYPE_PRODUCT_VIEW, cookie(visitor), start, product=product("R1", 80)),
+                        event(E.EVENT_TYPE_ADD_TO_CART, cookie(visitor), start + 1000, product=product("R1", 80)),
+                        event(E.EVENT_TYPE_PRODUCT_VIEW, cookie(visitor), now_ms() - 60_000, product=product("R2", 90)),
+                    )
+                )
+                .results[0]
+                .person_id
+            )
+            redis = aioredis.Redis.from_url(url, decode_responses=True)
+            key = f"{settings.redis_prefix}profile:state:{person}"
+            before = json.loads(await redis.hget(key, "data") or "{}")
+            await redis.aclose()
+            process.terminate()
+            process.wait(10)
+            workdir = tempfile.mkdtemp(prefix="rapport-redis-")
+            restarted = start_redis(shutil.which("redis-server") or "redis-server", port, workdir)
+            redis = aioredis.Redis.from_url(url, decode_responses=True)
+            try:
+                assert not await redis.exists(key)
+                got = await own.call("GetProfile", pb.GetProfileRequest(person=by_cookie(visitor)))
+                assert got.profile.visits.visit_count == 2 and got.profile.cart.lines[0].product.product_id == "R1"
+                assert json.loads(await redis.hget(key, "data") or "{}") == before
+            finally:
+                await redis.aclose()
+                restarted.terminate()
+                restarted.wait(10)
+                shutil.rmtree(workdir, ignore_errors=True)
