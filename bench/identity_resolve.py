@@ -2,7 +2,8 @@
 maximum throughput of Resolve and of the no-op health Check of the same server.
 
 Last line: rps=… p50_ms=… p99_ms=… floor_ratio=…  (floor_ratio = Resolve max / Check max)
-Environment: BENCH_RPS (2000), BENCH_SECONDS (15), BENCH_WARM_IDS (1000), BENCH_CONCURRENCY (50).
+Environment: BENCH_RPS (2000), BENCH_SECONDS (15), BENCH_WARM_IDS (1000), BENCH_CONCURRENCY (50),
+BENCH_IDENTITY_REPLICAS (1: identity processes sharing the port).
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ import os
 import secrets
 import shutil
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import grpc
 
+from bench.support import start_service
 from rapport.common.v1 import identifier_pb2 as common
 from rapport.identity.v1 import identity_service_pb2 as pb
 from rapport.identity.v1 import identity_service_pb2_grpc as pb_grpc
@@ -62,25 +63,20 @@ def main() -> None:
     seconds = int(os.environ.get("BENCH_SECONDS", "15"))
     warm = int(os.environ.get("BENCH_WARM_IDS", "1000"))
     concurrency = int(os.environ.get("BENCH_CONCURRENCY", "50"))
+    replica_count = int(os.environ.get("BENCH_IDENTITY_REPLICAS", "1"))
     key = "rk_bench_" + secrets.token_hex(12)
-    port = 50071
-    log = tempfile.NamedTemporaryFile(prefix="bench-identity-", suffix=".log", delete=False)  # noqa: SIM115 - the server's log outlives this function
     env = {
-        **os.environ,
-        "PYTHONPATH": f"{REPO}:{REPO / 'gen'}",
-        "RAPPORT_PORT": str(port),
         "RAPPORT_API_KEYS": f"bench:{key}:*",
         "RAPPORT_CASSANDRA_KEYSPACE": "bench_identity",
         "RAPPORT_REDIS_PREFIX": "bench:",
+        "RAPPORT_REUSE_PORT": "true",
     }
-    server = subprocess.Popen(
-        [str(REPO / ".venv/bin/python"), "-m", "services.identity"],
-        env=env,
-        cwd=REPO,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    address = f"127.0.0.1:{port}"
+    # Replicas on one host share the port (SO_REUSEPORT); ghz opens one connection per replica
+    # and the kernel spreads them.
+    servers = [start_service("identity", env)]
+    servers += [start_service("identity", env, port=servers[0].port) for _ in range(replica_count - 1)]
+    address = servers[0].address
+    connections = ["--connections", str(replica_count * 2 if replica_count > 1 else 1)]
     try:
         channel = grpc.insecure_channel(address)
         stub = pb_grpc.IdentityServiceStub(channel)
@@ -99,15 +95,17 @@ def main() -> None:
                 )
                 break
             except grpc.RpcError:
-                if time.monotonic() > deadline or server.poll() is not None:
+                if time.monotonic() > deadline or any(server.process.poll() is not None for server in servers):
                     raise
                 time.sleep(0.5)
         data = json.dumps(
             {"identifier": {"type": "IDENTIFIER_TYPE_COOKIE", "value": "bench-{{randomInt 0 " + str(warm) + "}}"}}
         )
-        fixed = ghz(address, RESOLVE, key, data, ["--rps", str(rps), "-z", f"{seconds}s", "-c", str(concurrency)])
-        resolve_max = ghz(address, RESOLVE, key, data, ["-z", "5s", "-c", str(concurrency)])
-        check_max = ghz(address, CHECK, key, "{}", ["-z", "5s", "-c", str(concurrency)])
+        fixed = ghz(
+            address, RESOLVE, key, data, ["--rps", str(rps), "-z", f"{seconds}s", "-c", str(concurrency), *connections]
+        )
+        resolve_max = ghz(address, RESOLVE, key, data, ["-z", "5s", "-c", str(concurrency), *connections])
+        check_max = ghz(address, CHECK, key, "{}", ["-z", "5s", "-c", str(concurrency), *connections])
         errors = sum(count for code, count in fixed["statusCodeDistribution"].items() if code != "OK")
         print(f"fixed rate: target {rps}/s for {seconds}s, achieved {fixed['rps']:.0f}/s, non-OK {errors}")
         print(f"max throughput: Resolve {resolve_max['rps']:.0f}/s, health Check {check_max['rps']:.0f}/s")
@@ -116,8 +114,8 @@ def main() -> None:
             f"floor_ratio={resolve_max['rps'] / check_max['rps']:.2f}"
         )
     finally:
-        server.terminate()
-        server.wait(30)
+        for server in servers:
+            server.stop()
 
 
 if __name__ == "__main__":
