@@ -65,10 +65,12 @@ cmd_start() {
       log "port $port is taken by another process (an old Rapport? see: ss -ltnp | grep $port); $name not started"
       exit 1
     fi
+    # exec: the background subshell becomes the service, so $! is its pid and no shell is left
+    # holding the caller's stdout open.
     (cd "$REPO" && RAPPORT_API_KEYS="$key" RAPPORT_PORT="$port" RAPPORT_METRICS_PORT="$metrics" \
       RAPPORT_IDENTITY_API_KEY="${RAPPORT_IDENTITY_API_KEY:-$peer_key}" \
-      PYTHONPATH="$REPO:$REPO/gen" setsid nohup "$PY" -m "services.$name" >>"$log_file" 2>&1 </dev/null &
-      echo $! >"$pid_file")
+      PYTHONPATH="$REPO:$REPO/gen" exec setsid nohup "$PY" -m "services.$name") >>"$log_file" 2>&1 </dev/null &
+    echo $! >"$pid_file"
     if ! wait_serving "$port" || ! running "$pid_file"; then
       log "$name did not become SERVING on :$port; last log lines:"; tail -n 30 "$log_file" >&2; exit 1
     fi
