@@ -145,14 +145,17 @@ async def main() -> None:
                 )
         rng = random.Random(1)
         expected_rate = 15_000
-        batches = build_batches(persons, max(clients * 4, expected_rate * seconds // batch_size), batch_size, rng)
-        print(f"built {len(batches)} batches of {batch_size} events for {person_count} visitors")
+        per_client = max(4, expected_rate * seconds // batch_size // clients)
+        # Each client (an edge collector) sends its own visitors, so a visitor's batches arrive in
+        # order, as they would from one device; a visitor split over concurrent batches would make
+        # every other batch a late one (a refold of the log), which is not the steady state.
+        queues: list[list[bytes]] = [
+            build_batches(persons[index::clients], per_client, batch_size, rng) for index in range(clients)
+        ]
+        print(f"built {clients} x {per_client} batches of {batch_size} events for {person_count} visitors")
 
         latencies: list[float] = []
         acked = rejected = 0
-        queue: asyncio.Queue[bytes] = asyncio.Queue()
-        for batch in batches:
-            queue.put_nowait(batch)
         # One connection per client, as separate storefront collectors would have.
         channels = [
             grpc.aio.insecure_channel(profile.address, options=[("grpc.use_local_subchannel_pool", 1)])
@@ -167,14 +170,14 @@ async def main() -> None:
                 )
                 for channel in channels
             ]
-            for track in tracks:  # warm-up (connections, caches)
-                await track(queue.get_nowait(), metadata=metadata, timeout=60)
+            for track, queue in zip(tracks, queues, strict=True):  # warm-up (connections, caches)
+                await track(queue.pop(0), metadata=metadata, timeout=60)
             stop_at = time.monotonic() + seconds
 
-            async def client(track: grpc.aio.UnaryUnaryMultiCallable) -> None:
+            async def client(track: grpc.aio.UnaryUnaryMultiCallable, queue: list[bytes]) -> None:
                 nonlocal acked, rejected
-                while time.monotonic() < stop_at and not queue.empty():
-                    batch = queue.get_nowait()
+                while time.monotonic() < stop_at and queue:
+                    batch = queue.pop(0)
                     started = time.perf_counter()
                     reply = await track(batch, metadata=metadata, timeout=60)
                     latencies.append((time.perf_counter() - started) * 1000)
@@ -182,12 +185,12 @@ async def main() -> None:
                     rejected += reply.rejected_count
 
             began = time.monotonic()
-            await asyncio.gather(*(client(track) for track in tracks))
+            await asyncio.gather(*(client(track, queue) for track, queue in zip(tracks, queues, strict=True)))
             elapsed = time.monotonic() - began
         finally:
             for channel in channels:
                 await channel.close()
-        if queue.empty():
+        if not all(queues):
             print("warning: the prepared batches ran out before the time was up; raise expected_rate")
         latencies.sort()
         p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]

@@ -28,7 +28,7 @@ async def build_profile(settings: ProfileSettings) -> ServiceRegistration:
         language=settings.language,
     )
     profiles = Profiles(
-        CassandraProfileStore(cassandra, settings.write_concurrency),
+        CassandraProfileStore(cassandra, settings.write_concurrency, settings.write_group_rows),
         RedisProfileState(redis, settings.state_ttl_days * 86_400),
         identity,
         rules,

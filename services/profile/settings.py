@@ -47,6 +47,11 @@ class ProfileSettings(CommonSettings):
     watch_identity: bool = setting(
         "RAPPORT_PROFILE_WATCH_IDENTITY", True, "Follow identity's merge events and absorb merged persons."
     )
+    write_group_rows: int = setting(
+        "RAPPORT_PROFILE_WRITE_GROUP_ROWS",
+        16,
+        "Log rows sent to Cassandra in one unlogged batch (1 = one token-aware request per row).",
+    )
     write_concurrency: int = setting(
         "RAPPORT_PROFILE_WRITE_CONCURRENCY", 64, "Cassandra writes in flight per TrackBatch."
     )

@@ -20,6 +20,12 @@ SCHEMA_FILE = Path(__file__).with_name("schema.cql")
 DAY_MS = 86_400_000
 # Events per chunk row at most (a TrackBatch holds at most 1 000 events).
 CHUNK_EVENTS = 200
+# Rows sent together as one UNLOGGED batch, whatever their partitions, kept under Cassandra's
+# batch_size_fail_threshold (50 KiB by default). The Python driver spends about 250 us of CPU
+# per request; grouping 16 rows per request took the client from 54 to 11 us of CPU per event and
+# Cassandra from 32 to 26 (measured on this project's 2-core machine). The cost is that the
+# coordinator, not the driver, routes the rows to their replicas.
+WRITE_GROUP_BYTES = 40 * 1024
 
 _INSERT_CHUNK = (
     "INSERT INTO {keyspace}.event_chunk (person_id, day, first_event_time_ms, chunk_id, event_count, events) "
@@ -111,9 +117,10 @@ class TimelineCursor:
 
 
 class CassandraProfileStore:
-    def __init__(self, cassandra: CassandraClient, write_concurrency: int = 64) -> None:
+    def __init__(self, cassandra: CassandraClient, write_concurrency: int = 64, write_group_rows: int = 16) -> None:
         self._cassandra = cassandra
         self._writes = asyncio.Semaphore(write_concurrency)
+        self._write_group_rows = max(1, write_group_rows)
         # (person, day) pairs already recorded by this process: most events land on a known day.
         self._known_days: set[tuple[str, int]] = set()
 
@@ -139,10 +146,25 @@ class CassandraProfileStore:
                 )
         new_days = [key for key in partitions if key not in self._known_days]
         writes += [(_INSERT_DAY, key) for key in new_days]
-        await asyncio.gather(*(self._write([write]) for write in writes))
+        await asyncio.gather(*(self._write(group) for group in self._groups(writes)))
         self._known_days.update(new_days)
         if len(self._known_days) > 1_000_000:
             self._known_days.clear()
+
+    def _groups(self, writes: list[tuple[str, Sequence[object]]]) -> list[list[tuple[str, Sequence[object]]]]:
+        groups: list[list[tuple[str, Sequence[object]]]] = []
+        current: list[tuple[str, Sequence[object]]] = []
+        size = 0
+        for write in writes:
+            row_bytes = sum(len(value) for value in write[1] if isinstance(value, (bytes, str)))
+            if current and (len(current) >= self._write_group_rows or size + row_bytes > WRITE_GROUP_BYTES):
+                groups.append(current)
+                current, size = [], 0
+            current.append(write)
+            size += row_bytes
+        if current:
+            groups.append(current)
+        return groups
 
     async def _write(self, statements: Sequence[tuple[str, Sequence[object]]]) -> None:
         async with self._writes:
