@@ -235,3 +235,12 @@ async def open_stores(settings: CommonSettings, schema_file: Path) -> tuple[Cass
         schema_cql=schema_cql,
     )
     return cassandra, RedisClient(settings.redis_url, settings.redis_prefix)
+
+
+async def cancel_tasks(tasks: Sequence[asyncio.Task[Any]]) -> None:
+    """Stop a service's background tasks and wait until they have stopped."""
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import structlog
 
 from rapport.identity.v1 import identity_service_pb2_grpc as pb_grpc
-from services.common.server import ServiceRegistration, open_stores
+from services.common.server import ServiceRegistration, cancel_tasks, open_stores
 from services.identity.adapters.cassandra_store import SCHEMA_FILE, CassandraIdentityStore
 from services.identity.adapters.near_cache import NearCache
 from services.identity.adapters.redis_cache import RedisIdentityCache
@@ -33,11 +32,7 @@ async def build_identity(settings: IdentitySettings) -> ServiceRegistration:
     ]
 
     async def close() -> None:
-        for task in background:
-            task.cancel()
-        for task in background:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_tasks(background)
         await graph.drain()
         await redis.close()
         await cassandra.close()

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from rapport.profile.v1 import profile_service_pb2_grpc as pb_grpc
-from services.common.server import ServiceRegistration, open_stores
+from services.common.server import ServiceRegistration, cancel_tasks, open_stores
 from services.profile.adapters.cassandra_log import SCHEMA_FILE, CassandraProfileStore
 from services.profile.adapters.identity_client import IdentityClient
 from services.profile.adapters.redis_state import RedisProfileState
@@ -40,11 +39,7 @@ async def build_profile(settings: ProfileSettings) -> ServiceRegistration:
     )
 
     async def close() -> None:
-        for task in background:
-            task.cancel()
-        for task in background:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_tasks(background)
         await identity.close()
         await redis.close()
         await cassandra.close()
