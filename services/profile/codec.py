@@ -21,6 +21,14 @@ MAX_TEXT_BYTES = 2048
 MAX_EVENT_BYTES = 256 * 1024  # a wholesale order of 2 000 lines fits
 MAX_ORDER_LINES = 2000
 MAX_CATEGORY_DEPTH = 10
+_SMALLEST_TEXT_LIMIT = 128
+_CONTEXT_URL_FIELDS = tuple(
+    (name, f"context.{name}")
+    for name in ("page_url", "referrer", "utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content")
+)
+_CONTEXT_SHORT_FIELDS = tuple(
+    (name, f"context.{name}") for name in ("device_type", "os", "browser", "country", "city", "language")
+)
 PRODUCT_KINDS = frozenset(
     {EventKind.PRODUCT_VIEW, EventKind.ADD_TO_CART, EventKind.REMOVE_FROM_CART, EventKind.REVIEW_READ}
 )
@@ -39,12 +47,17 @@ def timestamp_ms(event: event_pb2.Event) -> int:
     return event.event_time.seconds * 1000 + event.event_time.nanos // 1_000_000
 
 
-def _text(value: str, path: str, violations: list[FieldViolation], limit: int = MAX_TEXT_BYTES) -> None:
+def _text(
+    value: str, path: str, violations: list[FieldViolation], limit: int = MAX_TEXT_BYTES, field: str = ""
+) -> None:
+    """Check a text's size; the field's full name is only built when it is wrong (hot path)."""
     if len(value) * 4 <= limit:  # UTF-8 needs at most 4 bytes a character: no need to encode
         return
     size = len(value.encode())
     if size > limit:
-        violations.append(FieldViolation(path, f"must be at most {limit} bytes, got {size}"))
+        violations.append(
+            FieldViolation(f"{path}.{field}" if field else path, f"must be at most {limit} bytes, got {size}")
+        )
 
 
 def _money(amount: float, path: str, violations: list[FieldViolation]) -> None:
@@ -55,15 +68,15 @@ def _money(amount: float, path: str, violations: list[FieldViolation]) -> None:
 def _check_product(product: event_pb2.ProductRef, path: str, need_id: bool, violations: list[FieldViolation]) -> None:
     if need_id and not product.product_id.strip():
         violations.append(FieldViolation(f"{path}.product_id", "must not be empty"))
-    _text(product.product_id, f"{path}.product_id", violations, 256)
-    _text(product.title, f"{path}.title", violations, 512)
-    _text(product.brand, f"{path}.brand", violations, 256)
+    _text(product.product_id, path, violations, 256, "product_id")
+    _text(product.title, path, violations, 512, "title")
+    _text(product.brand, path, violations, 256, "brand")
     if len(product.category_path) > MAX_CATEGORY_DEPTH:
         violations.append(FieldViolation(f"{path}.category_path", f"must have at most {MAX_CATEGORY_DEPTH} levels"))
     for index, level in enumerate(product.category_path):
         if not level.strip():
             violations.append(FieldViolation(f"{path}.category_path[{index}]", "must not be empty"))
-        _text(level, f"{path}.category_path[{index}]", violations, 256)
+        _text(level, path, violations, 256, f"category_path[{index}]")
     _money(product.price.amount, f"{path}.price.amount", violations)
     if not (0 <= product.rating <= 5) or not math.isfinite(product.rating):
         violations.append(FieldViolation(f"{path}.rating", "must be between 0 and 5"))
@@ -103,16 +116,18 @@ def check_event(event: event_pb2.Event, path: str, now_ms: int, max_future_ms: i
             identifier = parse_identifier(int(event.identifier.type), event.identifier.value, f"{path}.identifier")
         except InvalidArgument as error:
             violations.extend(error.violations)
-    context = event.context
-    for name in ("page_url", "referrer", "utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content"):
-        _text(getattr(context, name), f"{path}.context.{name}", violations)
-    for name in ("device_type", "os", "browser", "country", "city", "language"):
-        _text(getattr(context, name), f"{path}.context.{name}", violations, 128)
+    # A field can only be longer than its limit if the whole event is: small events skip the checks.
+    if size > _SMALLEST_TEXT_LIMIT:
+        context = event.context
+        for name, label in _CONTEXT_URL_FIELDS:
+            _text(getattr(context, name), path, violations, MAX_TEXT_BYTES, label)
+        for name, label in _CONTEXT_SHORT_FIELDS:
+            _text(getattr(context, name), path, violations, 128, label)
+        _text(event.search_query, path, violations, 512, "search_query")
+        _text(event.coupon_code, path, violations, 128, "coupon_code")
+        _text(event.message_id, path, violations, 256, "message_id")
     if event.quantity < 0:
         violations.append(FieldViolation(f"{path}.quantity", "must be zero or more"))
-    _text(event.search_query, f"{path}.search_query", violations, 512)
-    _text(event.coupon_code, f"{path}.coupon_code", violations, 128)
-    _text(event.message_id, f"{path}.message_id", violations, 256)
     if event.HasField("product"):
         _check_product(event.product, f"{path}.product", kind in PRODUCT_KINDS, violations)
     elif kind in PRODUCT_KINDS:
@@ -132,7 +147,7 @@ def check_event(event: event_pb2.Event, path: str, now_ms: int, max_future_ms: i
 def _check_order(order: event_pb2.Order, path: str, violations: list[FieldViolation]) -> None:
     if not order.order_id.strip():
         violations.append(FieldViolation(f"{path}.order_id", "must not be empty for PURCHASE"))
-    _text(order.order_id, f"{path}.order_id", violations, 256)
+    _text(order.order_id, path, violations, 256, "order_id")
     if not order.lines:
         violations.append(FieldViolation(f"{path}.lines", "must hold at least one line"))
     if len(order.lines) > MAX_ORDER_LINES:
