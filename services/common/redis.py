@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -33,3 +34,25 @@ class RedisClient:
 
     async def close(self) -> None:
         await self.redis.aclose()
+
+
+StreamFields = dict[str, str]
+_XRANGE_PAGE = 1000
+
+
+async def delete_stream_entries(redis: aioredis.Redis, stream: str, doomed: Callable[[StreamFields], bool]) -> int:
+    """Delete every entry of `stream` whose fields `doomed` accepts (GDPR erasure); how many."""
+    erased = 0
+    cursor = "-"
+    while True:
+        entries: list[tuple[str, StreamFields]] = await redis.xrange(  # type: ignore[assignment]
+            stream, min=cursor, max="+", count=_XRANGE_PAGE
+        )
+        if not entries:
+            return erased
+        matching = [entry_id for entry_id, fields in entries if doomed(fields)]
+        if matching:
+            erased += await redis.xdel(stream, *matching)
+        if len(entries) < _XRANGE_PAGE:
+            return erased
+        cursor = "(" + entries[-1][0]

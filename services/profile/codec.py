@@ -43,7 +43,7 @@ class CheckedEvent:
     proto: event_pb2.Event
 
 
-def timestamp_ms(event: event_pb2.Event) -> int:
+def event_time_ms(event: event_pb2.Event) -> int:
     return event.event_time.seconds * 1000 + event.event_time.nanos // 1_000_000
 
 
@@ -95,7 +95,7 @@ def check_event(event: event_pb2.Event, path: str, now_ms: int, max_future_ms: i
         violations.append(
             FieldViolation(f"{path}.event_id", f"must be at most {MAX_EVENT_ID_BYTES} bytes without spaces")
         )
-    at_ms = timestamp_ms(event)
+    at_ms = event_time_ms(event)
     if not event.HasField("event_time") or at_ms <= 0:
         violations.append(FieldViolation(f"{path}.event_time", "must be set"))
     elif at_ms > now_ms + max_future_ms:
@@ -209,4 +209,4 @@ def to_tracked_event(event: event_pb2.Event, kind: EventKind, at_ms: int) -> Tra
 
 def stored_to_tracked(event: event_pb2.Event) -> TrackedEvent:
     """An event as the log stores it (already validated when it was tracked)."""
-    return to_tracked_event(event, EventKind(event.type), timestamp_ms(event))
+    return to_tracked_event(event, EventKind(event.type), event_time_ms(event))

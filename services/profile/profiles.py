@@ -23,17 +23,12 @@ from dataclasses import dataclass
 import structlog
 
 from rapport.common.v1 import event_pb2, identifier_pb2
-from services.common.errors import Aborted, FieldViolation, InvalidArgument, NotFound
+from services.common.errors import Aborted, FieldViolation, InvalidArgument
 from services.common.identifiers import IdentifierKey
-from services.profile.adapters.cassandra_log import (
-    CassandraProfileStore,
-    LoggedEvent,
-    TimelineCursor,
-    event_time_ms,
-)
+from services.profile.adapters.cassandra_log import CassandraProfileStore, LoggedEvent, TimelineCursor
 from services.profile.adapters.identity_client import IdentityClient
 from services.profile.adapters.redis_state import RedisProfileState, StateWrite, StoredState
-from services.profile.codec import CheckedEvent, stored_to_tracked
+from services.profile.codec import CheckedEvent, event_time_ms, stored_to_tracked
 from services.profile.domain.events import EventKind, TrackedEvent
 from services.profile.domain.folding import FoldRules, apply, comes_after, fold, price_bucket
 from services.profile.domain.state import ProfileState
@@ -209,11 +204,7 @@ class Profiles:
             return StateWrite(
                 person_id, stored.revision, state.to_dict(), {}, [stream_entry(person_id, e) for e in unique]
             )
-        attributes = (
-            stored.attributes
-            if stored.attributes is not None and not force_rebuild
-            else await self._store.attributes(person_id)
-        )
+        attributes = await self._attributes(person_id, None if force_rebuild else stored)
         published: list[TrackedEvent]
         if stored.data is None or force_rebuild:
             state, logged = await self._rebuild(person_id)
@@ -253,6 +244,12 @@ class Profiles:
             attributes,
             [stream_entry(person_id, event) for event in published],
         )
+
+    async def _attributes(self, person_id: str, stored: StoredState | None) -> dict[str, str]:
+        """CRM attributes as the live state caches them, else from Cassandra (their truth)."""
+        if stored is not None and stored.attributes is not None:
+            return stored.attributes
+        return await self._store.attributes(person_id)
 
     async def _rebuild(self, person_id: str) -> tuple[ProfileState, dict[str, TrackedEvent]]:
         """The state the person's whole log folds to, and the logged events by id."""
@@ -297,7 +294,7 @@ class Profiles:
             await self._apply({person_id: _PersonBatch([], set())})
             stored = (await self._live.load([person_id]))[person_id]
         state = ProfileState.from_dict(stored.data) if stored.data else ProfileState(person_id)
-        attributes = stored.attributes if stored.attributes is not None else await self._store.attributes(person_id)
+        attributes = await self._attributes(person_id, stored)
         categories = {key.rpartition("|")[0] for key in state.price_affinity}
         if state.session is not None:
             categories.update(state.session.categories)
@@ -332,9 +329,7 @@ class Profiles:
             stored = (await self._live.load([person_id]))[person_id]
             if stored.data is None:
                 return  # the next read rebuilds the state and loads the attributes from Cassandra
-            current = dict(stored.attributes if stored.attributes is not None else {})
-            if stored.attributes is None:
-                current = await self._store.attributes(person_id)
+            current = dict(await self._attributes(person_id, stored))
             for name, value in attributes.items():
                 if value:
                     current[name] = value
@@ -438,6 +433,3 @@ def validate_attributes(attributes: Mapping[str, str], field: str) -> dict[str, 
     if violations:
         raise InvalidArgument(violations)
     return dict(attributes)
-
-
-__all__ = ["LiveProfile", "NotFound", "ProfileRules", "Profiles", "TrackOutcome", "validate_attributes"]

@@ -9,7 +9,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import code_pb2, status_pb2
 
-from rapport.common.v1 import event_pb2, identifier_pb2
+from rapport.common.v1 import event_pb2
 from rapport.profile.v1 import profile_service_pb2 as pb
 from rapport.profile.v1 import profile_service_pb2_grpc as pb_grpc
 from services.common.errors import FieldViolation, InvalidArgument, RapportError, to_rpc_status
@@ -344,7 +344,3 @@ def _trait_proto(trait: Trait) -> pb.Trait:
     return pb.Trait(
         name=trait.name, strength=trait.strength, evidence=list(trait.evidence), product_ids=list(trait.product_ids)
     )
-
-
-def identifier_proto(identifier: IdentifierKey) -> identifier_pb2.Identifier:
-    return identifier_pb2.Identifier(type=int(identifier.type), value=identifier.value)  # type: ignore[arg-type]

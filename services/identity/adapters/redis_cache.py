@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from services.common.redis import RedisClient
+from services.common.redis import RedisClient, delete_stream_entries
 
 # Follows redirects from the cached person to its root, and says whether last_seen is due.
 # Keys beyond KEYS[1] are computed in the script: fine on one Redis, not on Redis Cluster.
@@ -146,25 +146,11 @@ class RedisIdentityCache:
 
     async def erase_events_about(self, person_ids: set[str]) -> int:
         """Delete stream entries naming any of these persons (GDPR erasure)."""
-        erased = 0
-        cursor = "-"
-        while True:
-            entries: StreamEntries = await self._redis.xrange(  # type: ignore[assignment]
-                self.stream_key, min=cursor, max="+", count=1000
-            )
-            if not entries:
-                return erased
-            doomed = [
-                entry_id
-                for entry_id, fields in entries
-                if person_ids.intersection(json.loads(fields.get("persons", "[]")))
-            ]
-            if doomed:
-                erased += await self._redis.xdel(self.stream_key, *doomed)
-            last_id = entries[-1][0]
-            if len(entries) < 1000:
-                return erased
-            cursor = "(" + last_id
+        return await delete_stream_entries(
+            self._redis,
+            self.stream_key,
+            lambda fields: bool(person_ids.intersection(json.loads(fields.get("persons", "[]")))),
+        )
 
     async def read_events(self, after_event_id: str, block_ms: int) -> AsyncIterator[StreamEvent]:
         """Events after `after_event_id` ("$" = only new ones), forever, in order."""

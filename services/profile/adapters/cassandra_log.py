@@ -15,6 +15,7 @@ from rapport.common.v1 import event_pb2
 from rapport.profile.v1 import profile_service_pb2 as profile_pb2
 from services.common.cassandra import CassandraClient
 from services.common.errors import FieldViolation, InvalidArgument
+from services.profile.codec import event_time_ms
 
 SCHEMA_FILE = Path(__file__).with_name("schema.cql")
 DAY_MS = 86_400_000
@@ -69,10 +70,6 @@ def pack_events(payloads: Iterable[bytes]) -> bytes:
 
 def unpack_events(blob: bytes) -> list[event_pb2.Event]:
     return list(profile_pb2.TrackBatchRequest.FromString(blob).events)
-
-
-def event_time_ms(event: event_pb2.Event) -> int:
-    return event.event_time.seconds * 1000 + event.event_time.nanos // 1_000_000
 
 
 def _distinct(chunks: Iterable[bytes]) -> list[event_pb2.Event]:

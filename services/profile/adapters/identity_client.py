@@ -18,7 +18,6 @@ from services.common.errors import InvalidArgument, NotFound, RapportError, Unav
 from services.common.identifiers import IdentifierKey
 
 BATCH_RESOLVE_LIMIT = 1000
-_RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +145,3 @@ class IdentityClient:
                 yield IdentityEvent(event.event_id, merged.survivor_person_id, tuple(merged.merged_person_ids))
             else:
                 yield IdentityEvent(event.event_id, "", ())
-
-
-def is_retryable(error: grpc.aio.AioRpcError) -> bool:
-    return error.code() in _RETRYABLE

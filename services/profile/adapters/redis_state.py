@@ -15,7 +15,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from services.common.redis import RedisClient
+from services.common.redis import RedisClient, delete_stream_entries
 
 _STORE_SCRIPT = """
 local rev = redis.call('HGET', KEYS[1], 'rev')
@@ -180,17 +180,6 @@ class RedisProfileState:
 
     async def erase_events_about(self, person_ids: set[str]) -> int:
         """Delete stream entries about these persons (GDPR erasure)."""
-        erased = 0
-        cursor = "-"
-        while True:
-            entries: list[tuple[str, dict[str, str]]] = await self._redis.xrange(  # type: ignore[assignment]
-                self.event_stream, min=cursor, max="+", count=1000
-            )
-            if not entries:
-                return erased
-            doomed = [entry_id for entry_id, fields in entries if json.loads(fields["e"]).get("person") in person_ids]
-            if doomed:
-                erased += await self._redis.xdel(self.event_stream, *doomed)
-            if len(entries) < 1000:
-                return erased
-            cursor = "(" + entries[-1][0]
+        return await delete_stream_entries(
+            self._redis, self.event_stream, lambda fields: json.loads(fields["e"]).get("person") in person_ids
+        )

@@ -40,9 +40,6 @@ class PriceBands:
         return MID
 
 
-NO_PRICE_BANDS = PriceBands({})
-
-
 @dataclass(frozen=True)
 class AffinityScore:
     key: str
