@@ -33,6 +33,16 @@ dev_key() {
   cat "$file"
 }
 
+# Decision ids are signed; every decision replica (and restart) must share the key.
+decision_secret() {
+  local file="$RAPPORT_STATE/decision-secret"
+  if [[ ! -s "$file" ]]; then
+    mkdir -p "$RAPPORT_STATE"
+    (umask 077; "$PY" -c 'import secrets; print(secrets.token_hex(32))' > "$file")
+  fi
+  cat "$file"
+}
+
 running() { [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -69,6 +79,8 @@ cmd_start() {
     # holding the caller's stdout open.
     (cd "$REPO" && RAPPORT_API_KEYS="$key" RAPPORT_PORT="$port" RAPPORT_METRICS_PORT="$metrics" \
       RAPPORT_IDENTITY_API_KEY="${RAPPORT_IDENTITY_API_KEY:-$peer_key}" \
+      RAPPORT_PROFILE_API_KEY="${RAPPORT_PROFILE_API_KEY:-$peer_key}" \
+      RAPPORT_DECISION_SECRET="${RAPPORT_DECISION_SECRET:-$(decision_secret)}" \
       PYTHONPATH="$REPO:$REPO/gen" exec setsid nohup "$PY" -m "services.$name") >>"$log_file" 2>&1 </dev/null &
     echo $! >"$pid_file"
     if ! wait_serving "$port" || ! running "$pid_file"; then

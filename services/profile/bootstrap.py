@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 from rapport.profile.v1 import profile_service_pb2_grpc as pb_grpc
+from services.common.identity_client import IdentityClient
 from services.common.server import ServiceRegistration, cancel_tasks, open_stores
 from services.profile.adapters.cassandra_log import SCHEMA_FILE, CassandraProfileStore
-from services.profile.adapters.identity_client import IdentityClient
 from services.profile.adapters.redis_state import RedisProfileState
 from services.profile.domain.folding import DAY_MS, MINUTE_MS, FoldRules
 from services.profile.profiles import ProfileRules, Profiles

@@ -25,14 +25,14 @@ import structlog
 from rapport.common.v1 import event_pb2, identifier_pb2
 from services.common.errors import Aborted, FieldViolation, InvalidArgument
 from services.common.identifiers import IdentifierKey
+from services.common.identity_client import IdentityClient
 from services.profile.adapters.cassandra_log import CassandraProfileStore, LoggedEvent, TimelineCursor
-from services.profile.adapters.identity_client import IdentityClient
 from services.profile.adapters.redis_state import RedisProfileState, StateWrite, StoredState
 from services.profile.codec import CheckedEvent, event_time_ms, stored_to_tracked
 from services.profile.domain.events import EventKind, TrackedEvent
 from services.profile.domain.folding import FoldRules, apply, comes_after, fold, price_bucket
 from services.profile.domain.state import ProfileState
-from services.profile.domain.view import NO_RFM, PriceBands, RfmScores, quintile
+from services.profile.live import LiveProfile, complete_live_profile
 
 log = structlog.get_logger("rapport.profile")
 
@@ -57,16 +57,6 @@ class ProfileRules:
 class TrackOutcome:
     person_id: str
     duplicate: bool
-
-
-@dataclass(frozen=True)
-class LiveProfile:
-    """A person's state with what it takes to read it now."""
-
-    state: ProfileState
-    attributes: dict[str, str]
-    bands: PriceBands
-    rfm: RfmScores
 
 
 @dataclass
@@ -294,19 +284,7 @@ class Profiles:
             await self._apply({person_id: _PersonBatch([], set())})
             stored = (await self._live.load([person_id]))[person_id]
         state = ProfileState.from_dict(stored.data) if stored.data else ProfileState(person_id)
-        attributes = await self._attributes(person_id, stored)
-        categories = {key.rpartition("|")[0] for key in state.price_affinity}
-        if state.session is not None:
-            categories.update(state.session.categories)
-        for visit in state.past_visits:
-            if visit.top_category:
-                categories.add(visit.top_category)
-        bands = PriceBands(await self._live.price_distributions(categories))
-        rfm = NO_RFM
-        if state.order_count:
-            ranks = await self._live.rfm_ranks(state.last_purchase_ms, state.order_count, state.total_spent)
-            rfm = RfmScores(*(quintile(lower, ties, total) for lower, ties, total in ranks))
-        return LiveProfile(state, attributes, bands, rfm)
+        return await complete_live_profile(self._live, state, await self._attributes(person_id, stored))
 
     async def identifiers_of(self, person_id: str) -> list[identifier_pb2.Identifier]:
         return await self._identity.identifiers_of(person_id)

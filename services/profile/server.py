@@ -24,7 +24,8 @@ from services.profile.domain.view import (
     top_affinities,
     vip_tier,
 )
-from services.profile.profiles import LiveProfile, Profiles, validate_attributes
+from services.profile.live import LiveProfile
+from services.profile.profiles import Profiles, validate_attributes
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ProfileService"].full_name
 ERROR_DOMAIN = "rapport.profile"

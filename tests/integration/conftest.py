@@ -1,4 +1,4 @@
-"""In-process identity and profile servers against the real Redis and Cassandra, one keyspace per run."""
+"""In-process identity, profile and decision servers against the real Redis and Cassandra, one keyspace per run."""
 
 from __future__ import annotations
 
@@ -10,11 +10,14 @@ from typing import Any
 import grpc
 import pytest
 
+from rapport.decision.v1 import decision_service_pb2_grpc as decision_grpc
 from rapport.identity.v1 import identity_service_pb2_grpc as pb_grpc
 from rapport.profile.v1 import profile_service_pb2_grpc as profile_grpc
 from services.common.cassandra import CassandraClient
 from services.common.server import RunningServer, create_server
 from services.common.settings import load_settings
+from services.decision.bootstrap import build_decision
+from services.decision.settings import DecisionSettings
 from services.identity.bootstrap import build_identity
 from services.identity.settings import IdentitySettings
 from services.profile.bootstrap import build_profile
@@ -131,4 +134,52 @@ async def profile(
     settings = profile_settings(run_id, identity.address)
     cassandra_admin.created_keyspaces.append(settings.cassandra_keyspace)  # type: ignore[attr-defined]
     async with running_profile(settings, identity) as harness:
+        yield harness
+
+
+# ---------------------------------------------------------------------------------- decision
+@dataclass
+class DecisionHarness:
+    running: RunningServer
+    settings: DecisionSettings
+    channel: grpc.aio.Channel
+    stub: decision_grpc.DecisionServiceStub
+
+    async def call(self, method: str, request: Any, key: str = ADMIN_KEY, timeout: float = 5.0) -> Any:
+        return await getattr(self.stub, method)(request, metadata=bearer(key), timeout=timeout)
+
+
+def decision_settings(run_id: str, identity_address: str, profile_address: str, **overrides: Any) -> DecisionSettings:
+    values: dict[str, Any] = dict(
+        port=0,
+        metrics_port=0,
+        api_keys=API_KEYS,
+        redis_url=REDIS_URL,
+        redis_prefix=f"test:{run_id}:",
+        health_interval_s=0.2,
+        identity_address=identity_address,
+        identity_api_key=ADMIN_KEY,
+        profile_address=profile_address,
+        profile_api_key=ADMIN_KEY,
+        decision_secret="test-secret-" + run_id,
+    )
+    values.update(overrides)
+    return load_settings(DecisionSettings, {}, **values)
+
+
+@asynccontextmanager
+async def running_decision(settings: DecisionSettings) -> AsyncIterator[DecisionHarness]:
+    running = await create_server(settings, await build_decision(settings))
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+    try:
+        yield DecisionHarness(running, settings, channel, decision_grpc.DecisionServiceStub(channel))
+    finally:
+        await channel.close()
+        await running.stop(0.5)
+
+
+@pytest.fixture(scope="session")
+async def decision(profile: ProfileHarness, identity: IdentityHarness, run_id: str) -> AsyncIterator[DecisionHarness]:
+    address = f"127.0.0.1:{profile.running.port}"
+    async with running_decision(decision_settings(run_id, identity.address, address)) as harness:
         yield harness

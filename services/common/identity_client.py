@@ -1,4 +1,4 @@
-"""The identity service as profile uses it: resolve identifiers, list a person's identifiers,
+"""The identity service as the other services use it: resolve identifiers, list a person's identifiers,
 erase a person, follow merges. Every call gets what remains of the request's budget."""
 
 from __future__ import annotations

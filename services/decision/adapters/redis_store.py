@@ -1,0 +1,156 @@
+"""Decision's shared state in Redis, so that every replica agrees: the catalog and its change
+stream, segments, policies and experiments (with a version number replicas poll), strategy
+bandit counts, experiment counts and feedback dedupe."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from services.common.redis import RedisClient
+
+CATALOG_CHANGES_MAX_LEN = 200_000
+FEEDBACK_MEMORY_S = 7 * 86_400
+
+
+class DecisionStore:
+    def __init__(self, client: RedisClient) -> None:
+        # redis-py types every reply as bytes | str; the client decodes, so replies are str.
+        self._redis: Any = client.redis
+        prefix = f"{client.prefix}decision:"
+        self._catalog = prefix + "catalog"
+        self._stock = prefix + "stock"
+        self.catalog_changes = prefix + "catalog:changes"
+        self._config = {kind: prefix + kind for kind in ("segments", "policies", "experiments")}
+        self._config_version = prefix + "config:version"
+        self._bandit_prefix = prefix + "bandit:"
+        self._experiment_prefix = prefix + "experiment:"
+        self._feedback_prefix = prefix + "feedback:"
+        self.profile_events = f"{client.prefix}profile:events"
+
+    @property
+    def redis(self) -> Any:
+        return self._redis
+
+    # ------------------------------------------------------------------ catalog
+    async def save_products(self, products: Mapping[str, dict[str, Any]], stocks: Mapping[str, int]) -> None:
+        if not products:
+            return
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self._catalog, mapping={pid: json.dumps(p, separators=(",", ":")) for pid, p in products.items()})
+            pipe.hset(self._stock, mapping=dict(stocks))
+            pipe.xadd(
+                self.catalog_changes,
+                {"ids": json.dumps(sorted(products))},
+                maxlen=CATALOG_CHANGES_MAX_LEN,
+                approximate=True,
+            )
+            await pipe.execute()
+
+    async def known_products(self, product_ids: Sequence[str]) -> list[bool]:
+        if not product_ids:
+            return []
+        found: list[Any] = await self._redis.hmget(self._catalog, list(product_ids))
+        return [value is not None for value in found]
+
+    async def save_stock(self, stocks: Mapping[str, int]) -> None:
+        if not stocks:
+            return
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self._stock, mapping=dict(stocks))
+            pipe.xadd(
+                self.catalog_changes,
+                {"ids": json.dumps(sorted(stocks))},
+                maxlen=CATALOG_CHANGES_MAX_LEN,
+                approximate=True,
+            )
+            await pipe.execute()
+
+    async def load_products(self, product_ids: Sequence[str]) -> list[tuple[str, dict[str, Any], int]]:
+        """(id, product fields, stock) of the given products that exist."""
+        if not product_ids:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(self._catalog, list(product_ids))
+            pipe.hmget(self._stock, list(product_ids))
+            products, stocks = await pipe.execute()
+        return [
+            (pid, json.loads(raw), int(stock or 0))
+            for pid, raw, stock in zip(product_ids, products, stocks, strict=True)
+            if raw is not None
+        ]
+
+    async def all_products(self) -> list[tuple[str, dict[str, Any], int]]:
+        loaded: list[tuple[str, dict[str, Any], int]] = []
+        stocks: dict[str, str] = await self._redis.hgetall(self._stock)
+        async for pid, raw in self._redis.hscan_iter(self._catalog, count=2000):
+            loaded.append((pid, json.loads(raw), int(stocks.get(pid) or 0)))
+        return loaded
+
+    async def catalog_position(self) -> str:
+        """The id of the last catalog change, to follow the stream from after a full load."""
+        last: list[tuple[str, Any]] = await self._redis.xrevrange(self.catalog_changes, count=1)
+        return last[0][0] if last else "0-0"
+
+    # ------------------------------------------------------------------ configuration
+    async def config_version(self) -> int:
+        return int(await self._redis.get(self._config_version) or 0)
+
+    async def load_config(self, kind: str) -> dict[str, dict[str, Any]]:
+        raw: dict[str, str] = await self._redis.hgetall(self._config[kind])
+        return {key: json.loads(value) for key, value in raw.items()}
+
+    async def save_config(self, kind: str, key: str, value: Mapping[str, Any], *, only_new: bool = False) -> bool:
+        encoded = json.dumps(value, separators=(",", ":"))
+        if only_new:
+            stored = bool(await self._redis.hsetnx(self._config[kind], key, encoded))
+        else:
+            await self._redis.hset(self._config[kind], key, encoded)
+            stored = True
+        if stored:
+            await self._redis.incr(self._config_version)
+        return stored
+
+    async def config_exists(self, kind: str, key: str) -> bool:
+        return bool(await self._redis.hexists(self._config[kind], key))
+
+    async def delete_config(self, kind: str, key: str) -> bool:
+        deleted = bool(await self._redis.hdel(self._config[kind], key))
+        if deleted:
+            await self._redis.incr(self._config_version)
+        return deleted
+
+    # ------------------------------------------------------------------ learning
+    async def bandit_counts(self, keys: Sequence[str]) -> list[dict[str, float]]:
+        """Per situation key: "<strategy>:t" (trials) and "<strategy>:s" (successes)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hgetall(self._bandit_prefix + key)
+            replies: list[dict[str, str]] = await pipe.execute()
+        return [{field: float(value) for field, value in reply.items()} for reply in replies]
+
+    async def count_feedback(
+        self,
+        dedupe_key: str,
+        bandit_updates: Iterable[tuple[str, str, float]],
+        experiment_updates: Iterable[tuple[str, str, int]],
+    ) -> bool:
+        """Counts one feedback once: False (and nothing counted) when `dedupe_key` was seen."""
+        first = await self._redis.set(self._feedback_prefix + dedupe_key, 1, nx=True, ex=FEEDBACK_MEMORY_S)
+        if not first:
+            return False
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for key, field, amount in bandit_updates:
+                pipe.hincrbyfloat(self._bandit_prefix + key, field, amount)
+            for experiment_id, field, amount in experiment_updates:
+                pipe.hincrby(self._experiment_prefix + experiment_id, field, amount)
+            await pipe.execute()
+        return True
+
+    async def experiment_counts(self, experiment_id: str) -> dict[str, int]:
+        raw: dict[str, str] = await self._redis.hgetall(self._experiment_prefix + experiment_id)
+        return {field: int(value) for field, value in raw.items()}
+
+    async def count_exposure(self, experiment_id: str, arm: str) -> None:
+        await self._redis.hincrby(self._experiment_prefix + experiment_id, f"{arm}:exposures", 1)

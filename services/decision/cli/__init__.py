@@ -1,0 +1,1 @@
+"""Command-line tools of the decision service: offline evaluation of its recommenders."""

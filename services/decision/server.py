@@ -1,0 +1,399 @@
+"""Thin gRPC handlers of rapport.decision.v1.DecisionService: validate, convert, call the use cases."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import grpc
+
+from rapport.common.v1 import event_pb2
+from rapport.decision.v1 import decision_service_pb2 as pb
+from rapport.decision.v1 import decision_service_pb2_grpc as pb_grpc
+from services.common.errors import FieldViolation, InvalidArgument, NotFound
+from services.common.identifiers import parse_identifier, parse_person_id
+from services.decision.catalog_admin import CatalogAdmin
+from services.decision.configuration import ConfigurationAdmin, StoredExperiment, StoredPolicy, StoredSegment
+from services.decision.decisions import DecideQuery, Decider, Decision
+from services.decision.domain.catalog import CATEGORY_SEPARATOR, Product, consumable_flag, validate_product
+from services.decision.domain.situations import Situation, Strategy
+from services.decision.domain.strategies import Page
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DecisionService"].full_name
+ERROR_DOMAIN = "rapport.decision"
+MAX_ITEMS = 100
+MAX_IMPORT = 5000
+LANGUAGES = ("en", "fr")
+_ID = re.compile(r"[a-z0-9_-]{1,64}")
+
+SCOPE_DECIDE = "decision.decide"
+SCOPE_ADMIN = "decision.admin"
+METHOD_SCOPES = {
+    f"/{SERVICE_NAME}/Decide": SCOPE_DECIDE,
+    f"/{SERVICE_NAME}/Feedback": SCOPE_DECIDE,
+    **{
+        f"/{SERVICE_NAME}/{method}": SCOPE_ADMIN
+        for method in (
+            "ImportCatalog",
+            "UpdateStock",
+            "CreateSegment",
+            "ListSegments",
+            "UpdateSegment",
+            "DeleteSegment",
+            "GetPolicy",
+            "UpdatePolicy",
+            "CreateExperiment",
+            "GetExperimentReport",
+        )
+    },
+}
+
+PLACEMENTS = {
+    value.number: value.name.removeprefix("PLACEMENT_")
+    for value in pb.Placement.DESCRIPTOR.values
+    if value.number != pb.PLACEMENT_UNSPECIFIED
+}
+FEEDBACK_KINDS = {
+    value.number: value.name.removeprefix("FEEDBACK_KIND_")
+    for value in pb.FeedbackKind.DESCRIPTOR.values
+    if value.number != pb.FEEDBACK_KIND_UNSPECIFIED
+}
+
+
+def _strategy(number: int, field: str) -> Strategy:
+    try:
+        return Strategy(number)
+    except ValueError:
+        raise InvalidArgument([FieldViolation(field, f"unknown strategy {number}")]) from None
+
+
+def _situation(number: int, field: str) -> Situation:
+    try:
+        return Situation(number)
+    except ValueError:
+        raise InvalidArgument([FieldViolation(field, f"unknown situation {number}")]) from None
+
+
+def _identifier_field(value: str, field: str) -> str:
+    if not _ID.fullmatch(value):
+        raise InvalidArgument([FieldViolation(field, "must match [a-z0-9_-]{1,64}")])
+    return value
+
+
+class DecisionServicer(pb_grpc.DecisionServiceServicer):  # type: ignore[misc]
+    def __init__(self, decider: Decider, catalog: CatalogAdmin, configuration: ConfigurationAdmin) -> None:
+        self._decider = decider
+        self._catalog = catalog
+        self._configuration = configuration
+
+    # ------------------------------------------------------------------ deciding
+    async def Decide(self, request: pb.DecideRequest, context: grpc.aio.ServicerContext) -> pb.DecideResponse:
+        violations: list[FieldViolation] = []
+        identifier = None
+        person_id = ""
+        which = request.WhichOneof("visitor")
+        try:
+            if which == "identifier":
+                identifier = parse_identifier(int(request.identifier.type), request.identifier.value, "identifier")
+            elif which == "person_id":
+                person_id = parse_person_id(request.person_id, "person_id")
+            else:
+                violations.append(FieldViolation("visitor", "must give an identifier or a person_id"))
+        except InvalidArgument as error:
+            violations.extend(error.violations)
+        placement = PLACEMENTS.get(request.placement)
+        if placement is None:
+            violations.append(FieldViolation("placement", f"unknown placement {request.placement}"))
+        if not 1 <= request.count <= MAX_ITEMS:
+            violations.append(FieldViolation("count", f"must be between 1 and {MAX_ITEMS}, got {request.count}"))
+        page = request.page
+        if page.language and page.language not in LANGUAGES:
+            violations.append(FieldViolation("page.language", f"must be one of {', '.join(LANGUAGES)}"))
+        if len(page.cart_product_ids) > 500:
+            violations.append(FieldViolation("page.cart_product_ids", "at most 500 products"))
+        if len(page.product_id) > 200 or len(page.search_query) > 500:
+            violations.append(FieldViolation("page", "product_id or search_query too long"))
+        if violations:
+            raise InvalidArgument(violations)
+        assert placement is not None
+        decision = await self._decider.decide(
+            DecideQuery(
+                identifier=identifier,
+                person_id=person_id,
+                placement=placement,
+                page=Page(
+                    product_id=page.product_id,
+                    category=CATEGORY_SEPARATOR.join(page.category_path),
+                    cart_product_ids=tuple(page.cart_product_ids),
+                    search_query=page.search_query,
+                ),
+                count=request.count,
+                language=page.language,
+            )
+        )
+        return self._decision_proto(decision)
+
+    def _decision_proto(self, decision: Decision) -> pb.DecideResponse:
+        catalog = self._decider.models.catalog
+        items = []
+        for candidate in decision.items:
+            product = catalog.get(candidate.product_id)
+            if product is None:
+                continue
+            items.append(
+                pb.RecommendedItem(
+                    product_id=product.product_id,
+                    title=product.title,
+                    category_path=list(product.category_path),
+                    brand=product.brand,
+                    price=event_pb2.Money(currency_code=product.currency, amount=product.price),
+                    strategy=Strategy[candidate.strategy].value,  # type: ignore[arg-type]
+                    reason=candidate.reason,
+                    score=candidate.score,
+                )
+            )
+        return pb.DecideResponse(
+            decision_id=decision.decision_id,
+            person_id=decision.person_id,
+            situation=decision.situation.value if decision.situation is not None else 0,  # type: ignore[arg-type]
+            items=items,
+            message=pb.Message(
+                headline=decision.message.headline, body=decision.message.body, language=decision.language
+            ),
+            segment_ids=decision.segment_ids,
+            experiment_id=decision.experiment_id,
+            experiment_arm=decision.arm,
+            situation_key=decision.situation_key,
+            lead_strategy=decision.lead_strategy.value if decision.lead_strategy else 0,  # type: ignore[arg-type]
+            degraded=bool(decision.degraded_reasons),
+            degraded_reasons=decision.degraded_reasons,
+        )
+
+    async def Feedback(self, request: pb.FeedbackRequest, context: grpc.aio.ServicerContext) -> pb.FeedbackResponse:
+        kind = FEEDBACK_KINDS.get(request.kind)
+        violations = []
+        if kind is None:
+            violations.append(FieldViolation("kind", f"unknown feedback kind {request.kind}"))
+        if not request.decision_id:
+            violations.append(FieldViolation("decision_id", "must be set"))
+        if len(request.product_id) > 200:
+            violations.append(FieldViolation("product_id", "at most 200 characters"))
+        if violations:
+            raise InvalidArgument(violations)
+        assert kind is not None
+        counted = await self._decider.feedback(request.decision_id, kind, request.product_id)
+        return pb.FeedbackResponse(counted=counted)
+
+    # ------------------------------------------------------------------ catalog
+    async def ImportCatalog(
+        self, request: pb.ImportCatalogRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ImportCatalogResponse:
+        count = len(request.products)
+        if not 1 <= count <= MAX_IMPORT:
+            raise InvalidArgument([FieldViolation("products", f"must hold 1 to {MAX_IMPORT} products, got {count}")])
+        now_ms = int(time.time() * 1000)
+        accepted: list[Product] = []
+        rejected: list[pb.RejectedProduct] = []
+        for index, item in enumerate(request.products):
+            problems = validate_product(
+                item.product_id,
+                item.title,
+                list(item.category_path),
+                item.brand,
+                item.price.amount,
+                item.price.currency_code,
+                item.stock,
+                dict(item.attributes),
+                item.added_time.ToMilliseconds() if item.HasField("added_time") else now_ms,
+            )
+            if problems:
+                field, description = problems[0]
+                rejected.append(
+                    pb.RejectedProduct(index=index, field=f"products[{index}].{field}", description=description)
+                )
+                continue
+            added_ms = item.added_time.ToMilliseconds() if item.HasField("added_time") else now_ms
+            accepted.append(
+                Product(
+                    product_id=item.product_id,
+                    title=item.title,
+                    category_path=tuple(item.category_path),
+                    brand=item.brand,
+                    price=item.price.amount,
+                    currency=item.price.currency_code,
+                    stock=item.stock,
+                    attributes=dict(item.attributes),
+                    added_ms=added_ms,
+                    consumable=consumable_flag(item.attributes),
+                )
+            )
+        await self._catalog.import_products(accepted)
+        return pb.ImportCatalogResponse(imported_count=len(accepted), rejected=rejected)
+
+    async def UpdateStock(
+        self, request: pb.UpdateStockRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpdateStockResponse:
+        count = len(request.levels)
+        if not 1 <= count <= MAX_IMPORT:
+            raise InvalidArgument([FieldViolation("levels", f"must hold 1 to {MAX_IMPORT} levels, got {count}")])
+        violations = [
+            FieldViolation(f"levels[{index}].stock", "must not be negative")
+            for index, level in enumerate(request.levels)
+            if level.stock < 0
+        ] + [
+            FieldViolation(f"levels[{index}].product_id", "must be set")
+            for index, level in enumerate(request.levels)
+            if not level.product_id
+        ]
+        if violations:
+            raise InvalidArgument(violations)
+        unknown = await self._catalog.update_stock({level.product_id: level.stock for level in request.levels})
+        return pb.UpdateStockResponse(updated_count=count - len(unknown), unknown_product_ids=unknown)
+
+    # ------------------------------------------------------------------ segments
+    def _segment_in(self, segment: pb.Segment, field: str) -> StoredSegment:
+        violations = []
+        if not _ID.fullmatch(segment.segment_id):
+            violations.append(FieldViolation(f"{field}.segment_id", "must match [a-z0-9_-]{1,64}"))
+        if not segment.rule.strip():
+            violations.append(FieldViolation(f"{field}.rule", "must be set"))
+        if len(segment.name) > 200 or len(segment.description) > 2000:
+            violations.append(FieldViolation(f"{field}.name", "name at most 200, description 2000 characters"))
+        if violations:
+            raise InvalidArgument(violations)
+        return StoredSegment(segment.segment_id, segment.name or segment.segment_id, segment.rule, segment.description)
+
+    @staticmethod
+    def _segment_out(segment: StoredSegment) -> pb.Segment:
+        return pb.Segment(
+            segment_id=segment.segment_id, name=segment.name, rule=segment.rule, description=segment.description
+        )
+
+    async def CreateSegment(
+        self, request: pb.CreateSegmentRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateSegmentResponse:
+        stored = await self._configuration.create_segment(self._segment_in(request.segment, "segment"))
+        return pb.CreateSegmentResponse(segment=self._segment_out(stored))
+
+    async def ListSegments(
+        self, request: pb.ListSegmentsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListSegmentsResponse:
+        segments = await self._configuration.list_segments()
+        return pb.ListSegmentsResponse(segments=[self._segment_out(segment) for segment in segments])
+
+    async def UpdateSegment(
+        self, request: pb.UpdateSegmentRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpdateSegmentResponse:
+        stored = await self._configuration.update_segment(self._segment_in(request.segment, "segment"))
+        return pb.UpdateSegmentResponse(segment=self._segment_out(stored))
+
+    async def DeleteSegment(
+        self, request: pb.DeleteSegmentRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteSegmentResponse:
+        segment_id = _identifier_field(request.segment_id, "segment_id")
+        return pb.DeleteSegmentResponse(deleted=await self._configuration.delete_segment(segment_id))
+
+    # ------------------------------------------------------------------ policies
+    @staticmethod
+    def _policy_out(policy: StoredPolicy) -> pb.SituationPolicy:
+        return pb.SituationPolicy(
+            situation=policy.situation.value,  # type: ignore[arg-type]
+            strategies=[strategy.value for strategy in policy.strategies],  # type: ignore[misc]
+            messages=[
+                pb.MessageTemplate(language=language, headline=headline, body=body)
+                for language, (headline, body) in sorted(policy.messages.items())
+            ],
+        )
+
+    async def GetPolicy(self, request: pb.GetPolicyRequest, context: grpc.aio.ServicerContext) -> pb.GetPolicyResponse:
+        policies = await self._configuration.policies()
+        return pb.GetPolicyResponse(policies=[self._policy_out(policy) for policy in policies])
+
+    async def UpdatePolicy(
+        self, request: pb.UpdatePolicyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpdatePolicyResponse:
+        policy = request.policy
+        if policy.situation == pb.SITUATION_UNSPECIFIED:
+            raise InvalidArgument([FieldViolation("policy.situation", "must be set")])
+        situation = _situation(policy.situation, "policy.situation")
+        strategies = tuple(
+            _strategy(number, f"policy.strategies[{index}]") for index, number in enumerate(policy.strategies)
+        )
+        if len(set(strategies)) != len(strategies):
+            raise InvalidArgument([FieldViolation("policy.strategies", "must not repeat a strategy")])
+        templates: dict[str, tuple[str, str]] = {}
+        for index, template in enumerate(policy.messages):
+            if template.language not in LANGUAGES:
+                raise InvalidArgument(
+                    [FieldViolation(f"policy.messages[{index}].language", f"must be one of {', '.join(LANGUAGES)}")]
+                )
+            templates[template.language] = (template.headline, template.body)
+        stored = await self._configuration.update_policy(StoredPolicy(situation, strategies, templates))
+        return pb.UpdatePolicyResponse(policy=self._policy_out(stored))
+
+    # ------------------------------------------------------------------ experiments
+    @staticmethod
+    def _experiment_out(experiment: StoredExperiment) -> pb.Experiment:
+        return pb.Experiment(
+            experiment_id=experiment.experiment_id,
+            arms=[
+                pb.ExperimentArm(
+                    name=name,
+                    weight=weight,
+                    strategy=strategy.value if strategy else 0,  # type: ignore[arg-type]
+                )
+                for name, weight, strategy in experiment.arms
+            ],
+            holdout_share=experiment.holdout_share,
+            placements=[pb.Placement.Value(f"PLACEMENT_{name}") for name in experiment.placements],
+        )
+
+    async def CreateExperiment(
+        self, request: pb.CreateExperimentRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateExperimentResponse:
+        experiment = request.experiment
+        experiment_id = _identifier_field(experiment.experiment_id, "experiment.experiment_id")
+        arms = []
+        for index, arm in enumerate(experiment.arms):
+            strategy = _strategy(arm.strategy, f"experiment.arms[{index}].strategy") if arm.strategy else None
+            arms.append((arm.name, arm.weight, strategy))
+        placements = []
+        for index, number in enumerate(experiment.placements):
+            name = PLACEMENTS.get(number)
+            if name is None:
+                raise InvalidArgument([FieldViolation(f"experiment.placements[{index}]", "unknown placement")])
+            placements.append(name)
+        stored = await self._configuration.create_experiment(
+            StoredExperiment(experiment_id, tuple(arms), experiment.holdout_share, tuple(placements))
+        )
+        return pb.CreateExperimentResponse(experiment=self._experiment_out(stored))
+
+    async def GetExperimentReport(
+        self, request: pb.GetExperimentReportRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetExperimentReportResponse:
+        experiment_id = _identifier_field(request.experiment_id, "experiment_id")
+        conversion = FEEDBACK_KINDS.get(request.conversion or pb.FEEDBACK_KIND_CLICK)
+        if conversion is None:
+            raise InvalidArgument([FieldViolation("conversion", "unknown feedback kind")])
+        found = await self._configuration.experiment_report(experiment_id, conversion)
+        if found is None:
+            raise NotFound(f"no experiment {experiment_id}", "EXPERIMENT_NOT_FOUND")
+        experiment, arms = found
+        return pb.GetExperimentReportResponse(
+            experiment=self._experiment_out(experiment),
+            arms=[
+                pb.ArmReport(
+                    arm=arm.arm,
+                    exposures=arm.exposures,
+                    conversions=arm.conversions,
+                    conversion_rate=arm.rate,
+                    rate_low=arm.rate_low,
+                    rate_high=arm.rate_high,
+                    uplift=arm.uplift,
+                    difference_low=arm.difference_low,
+                    difference_high=arm.difference_high,
+                    p_value=arm.p_value,
+                )
+                for arm in arms
+            ],
+        )
