@@ -13,7 +13,7 @@ BIN := $(RAPPORT_CACHE)/bin
 PROTOS := $(shell find protos -name '*.proto')
 PYTEST_ARGS ?=
 
-.PHONY: help venv gen tools stack run stop status test test-unit lint bench-identity bench-profile chaos-profile replay clean
+.PHONY: help venv gen tools stack run stop status test test-unit lint bench-identity bench-profile chaos-profile replay eval-sessions eval-sessions-yoochoose bench-decision clean
 
 help:
 	@echo "make run             start Redis, Cassandra and every service (prints ports and the dev API key)"
@@ -24,6 +24,8 @@ help:
 	@echo "make bench-profile   sustained TrackBatch load, durable writes: events_per_s, p99_batch_ms"
 	@echo "make chaos-profile   kill -9 the profile process under load: acked, stored, lost"
 	@echo "make replay DATA=../shared/data   replay the real datasets through TrackBatch (stack running)"
+	@echo "make eval-sessions [TRAIN=… TEST=… OUT=…]   next-item HR@20 / MRR@20 (Diginetica by default)"
+	@echo "make bench-decision  ghz load on Decide with warm profiles vs the health-check floor"
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
@@ -99,6 +101,25 @@ replay: venv gen
 
 chaos-profile: venv gen stack
 	PATH=$(BIN):$$PATH PYTHONPATH=$(CURDIR):$(CURDIR)/gen $(PY) -m bench.profile_chaos
+
+# Next-item quality on public session data (SR-GNN protocol): recommend without targets, then score.
+TRAIN ?= ../shared/data/diginetica/train_sessions.txt
+TEST ?= ../shared/data/diginetica/test.tsv
+OUT ?= $(RAPPORT_STATE)/eval/recs.txt
+eval-sessions: venv gen
+	mkdir -p "$$(dirname $(OUT))"
+	PYTHONPATH=$(CURDIR):$(CURDIR)/gen $(PY) -m services.decision.cli.eval_sessions --train $(TRAIN) --test $(TEST) --out $(OUT)
+	PYTHONPATH=$(CURDIR):$(CURDIR)/gen $(PY) -m services.decision.cli.eval_sessions --score --test $(TEST) --out $(OUT)
+
+# The same on the YOOCHOOSE click sample, whose test clicks are first cut into prefix/target cases.
+YOOCHOOSE ?= ../shared/data/yoochoose-clicks-100k
+eval-sessions-yoochoose: venv gen
+	mkdir -p $(RAPPORT_STATE)/eval
+	PYTHONPATH=$(CURDIR):$(CURDIR)/gen $(PY) -m services.decision.cli.eval_sessions --make-test-cases $(YOOCHOOSE)/test.tsv --train $(YOOCHOOSE)/train.tsv --out $(RAPPORT_STATE)/eval/yoochoose-cases.tsv
+	$(MAKE) eval-sessions TRAIN=$(YOOCHOOSE)/train.tsv TEST=$(RAPPORT_STATE)/eval/yoochoose-cases.tsv OUT=$(RAPPORT_STATE)/eval/yoochoose-recs.txt
+
+bench-decision: venv gen stack tools
+	PATH=$(BIN):$$PATH PYTHONPATH=$(CURDIR):$(CURDIR)/gen $(PY) -m bench.decision_decide
 
 clean:
 	rm -rf gen .pytest_cache .mypy_cache .ruff_cache

@@ -42,6 +42,7 @@ HOLDOUT = "holdout"
 # Kept back from the request budget for building the answer after the last stage.
 ANSWER_RESERVE_S = 0.003
 BANDIT_CACHE_S = 2.0
+LISTS_BLENDED = 2
 BANDIT_CACHE_MAX = 50_000
 
 
@@ -169,7 +170,7 @@ class Decider:
         person_id, created = query.person_id, False
         if query.identifier is not None:
             try:
-                async with asyncio.timeout(self._stage_budget(0.35)):
+                async with asyncio.timeout(self._stage_budget(0.6)):
                     resolved = (await self._identity.resolve([query.identifier]))[query.identifier.key]
                 person_id, created = resolved.person_id, resolved.created
             except TimeoutError:
@@ -180,7 +181,7 @@ class Decider:
         profile_read = False
         if person_id and not created:
             try:
-                async with asyncio.timeout(self._stage_budget(0.5)):
+                async with asyncio.timeout(self._stage_budget(0.7)):
                     live = await self._reader.read(person_id)
                     if live is None and not self._reader.known_empty(person_id):
                         await self._reader.rebuild(person_id, max(deadlines.remaining_s() - ANSWER_RESERVE_S, 0.001))
@@ -227,10 +228,12 @@ class Decider:
         exclude = {*query.page.cart_product_ids, *visitor.cart_product_ids}
         if query.page.product_id:
             exclude.add(query.page.product_id)
-        pool = max(query.count * 3, 20)
+        # The lead strategy and one follower fill the answer (trending tops it up below); asking
+        # every strategy of the policy would triple the work for items that rarely make the cut.
+        pool = query.count + 8
         lists = [
             (candidates(strategy, self.models, visitor, query.page, situation, pool, exclude), weight)
-            for strategy, weight in zip(ordered, FOLLOWER_WEIGHTS, strict=False)
+            for strategy, weight in zip(ordered[:LISTS_BLENDED], FOLLOWER_WEIGHTS, strict=False)
         ]
         items = apply_business_rules(
             blend(lists),

@@ -339,7 +339,7 @@ async def test_feedback_counts_once_and_experiments_report_per_arm(
         ),
     )
     arms: dict[str, int] = {}
-    for index in range(40):
+    for _ in range(40):
         reply = await decision.call(
             "Decide",
             pb.DecideRequest(person_id=uuid.uuid4().hex, placement=pb.PLACEMENT_CART, count=3),

@@ -146,8 +146,14 @@ def test_equal_prices_and_lone_products_are_mid() -> None:
 def test_price_order_follows_a_price_change() -> None:
     catalog = catalog_of(product("a", price=10.0), product("b", price=20.0), product("c", price=30.0))
     assert catalog.price_band(catalog.get("a")) == BUDGET  # type: ignore[arg-type]
+    assert catalog.band_of("b") == MID
     catalog.upsert([product("a", price=99.0)])
     assert catalog.price_band(catalog.get("a")) == PREMIUM  # type: ignore[arg-type]
+    assert catalog.band_of("b") == BUDGET  # remembered bands go with the upsert
+    assert catalog.band_of("ghost") is None
+    # A product given with another price than the stored one is banded by its own price.
+    assert catalog.price_band(product("a", price=1.0)) == BUDGET
+    assert catalog.band_of("a") == PREMIUM
     assert list(catalog.by_price_closeness("Women", 0.0)) == ["b", "c", "a"]
 
 

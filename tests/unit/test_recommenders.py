@@ -232,6 +232,33 @@ def test_old_baskets_fade_behind_recent_ones() -> None:
     assert scores[0] == pytest.approx(scores[1])
 
 
+def test_cached_rankings_follow_new_orders_and_fall_back_when_filtered_empty() -> None:
+    catalog = shop()
+    co_purchase = CoPurchase(catalog, cached_partners=2, refresh_after=1_000)
+    for partner, times in (("p2", 3), ("p3", 2), ("p4", 1)):
+        for _ in range(times):
+            co_purchase.observe_order(["p1", partner], 0)
+    assert ids(co_purchase.complements(["p1"], 1)) == ["p2"]  # now cached
+    for _ in range(5):
+        co_purchase.observe_order(["p1", "p5"], 0)
+    assert ids(co_purchase.complements(["p1"], 1)) == ["p5"]
+    catalog.update_stock("p5", 0)
+    catalog.update_stock("p2", 0)
+    # The two cached best are sold out: the complete ranking is read.
+    assert ids(co_purchase.complements(["p1"], 2)) == ["p3", "p4"]
+
+
+def test_partner_counts_refresh_cached_rankings_after_refresh_after_orders() -> None:
+    co_purchase = CoPurchase(shop(), refresh_after=3)
+    co_purchase.observe_order(["p1", "p2"], 0)
+    co_purchase.observe_order(["p1", "p3"], 0)
+    before = co_purchase.complements(["p1"], 2)
+    assert before[0].score == pytest.approx(before[1].score)
+    for _ in range(3):
+        co_purchase.observe_order(["p2"], 0)  # p2 sells alone: its cosine with p1 drops
+    assert ids(co_purchase.complements(["p1"], 2)) == ["p3", "p2"]
+
+
 # ------------------------------------------------------------------------------------------- similar items
 
 
@@ -303,6 +330,14 @@ def test_co_views_lead_over_look_alikes() -> None:
         similar.observe_session_view(f"s{session}", "shoe", 0)
     assert ids(similar.similar("p1", 5)) == ["shoe", "twin"]
     assert ids(similar.similar("p1", 5, exclude={"shoe"})) == ["twin"]
+
+
+def test_look_alikes_follow_catalog_changes() -> None:
+    catalog = catalog_of(product("p1", price=100.0), product("p2", price=50.0))
+    similar = Similar(catalog)
+    assert ids(similar.similar("p1", 5)) == ["p2"]
+    catalog.upsert([product("p3", price=100.0)])
+    assert ids(similar.similar("p1", 5)) == ["p3", "p2"]
 
 
 def test_alternatives_to_a_cart_name_the_closest_item() -> None:
@@ -392,6 +427,19 @@ def test_affinity_picks_fill_cold_categories_with_new_products_and_respect_exclu
     assert ids(picks) == ["h3", "h2"]
     excluded = AffinityPicks(catalog, trending).picks({"Women > Knitwear > Sweaters": 1.0}, PREMIUM, 5, {"s90"})
     assert ids(excluded) == ["s80", "s70"]
+
+
+def test_affinity_picks_follow_the_trend_after_refresh_after_events_and_stock_at_once() -> None:
+    catalog, trending = affinity_shop()
+    picks = AffinityPicks(catalog, trending, refresh_after=5)
+    sweaters = {"Women > Knitwear > Sweaters": 1.0}
+    assert ids(picks.picks(sweaters, PREMIUM, 1)) == ["s90"]
+    catalog.update_stock("s90", 0)
+    assert ids(picks.picks(sweaters, PREMIUM, 1)) == ["s80"]  # stock is checked on every query
+    catalog.update_stock("s90", 3)
+    for _ in range(5):
+        trending.observe("s70", SWEATERS, 100.0, 0)
+    assert ids(picks.picks(sweaters, PREMIUM, 1)) == ["s70"]
 
 
 # --------------------------------------------------------------------------------------- recently viewed

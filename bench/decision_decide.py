@@ -1,0 +1,200 @@
+"""bench-decision: ghz drives Decide for warm profiles (real identity, profile and decision
+processes, profiles live in the real Redis) at a fixed rate, then measures the maximum
+throughput of Decide and of the no-op health Check of the same server.
+
+Last line: rps=… p50_ms=… p99_ms=… floor_ratio=…  (floor_ratio = Decide max / Check max)
+Environment: BENCH_RPS (1000), BENCH_SECONDS (15), BENCH_VISITORS (500), BENCH_CONCURRENCY (8),
+BENCH_DECISION_REPLICAS (2: decision processes sharing the port).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import secrets
+import time
+import uuid
+
+import grpc
+
+from bench.identity_resolve import CHECK, ghz, latency_ms
+from bench.support import ServiceProcess, start_service
+from rapport.common.v1 import event_pb2
+from rapport.common.v1 import identifier_pb2 as common
+from rapport.decision.v1 import decision_service_pb2 as pb
+from rapport.decision.v1 import decision_service_pb2_grpc as pb_grpc
+from rapport.profile.v1 import profile_service_pb2 as profile_pb
+from rapport.profile.v1 import profile_service_pb2_grpc as profile_grpc
+
+DECIDE = "rapport.decision.v1.DecisionService/Decide"
+CATEGORIES = [("Home", f"Department {d}", f"Shelf {s}") for d in range(5) for s in range(4)]
+PRODUCTS = 2000
+
+
+def wait_ready(call: object, servers: list[ServiceProcess]) -> None:
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            call()  # type: ignore[operator]
+            return
+        except grpc.RpcError:
+            if time.monotonic() > deadline or any(server.process.poll() is not None for server in servers):
+                raise
+            time.sleep(0.5)
+
+
+def main() -> None:
+    rps = int(os.environ.get("BENCH_RPS", "1000"))
+    seconds = int(os.environ.get("BENCH_SECONDS", "15"))
+    visitors = int(os.environ.get("BENCH_VISITORS", "500"))
+    concurrency = int(os.environ.get("BENCH_CONCURRENCY", "8"))
+    replica_count = int(os.environ.get("BENCH_DECISION_REPLICAS", "2"))
+    key = "rk_bench_" + secrets.token_hex(12)
+    run = uuid.uuid4().hex[:8]
+    common_env = {"RAPPORT_API_KEYS": f"bench:{key}:*", "RAPPORT_REDIS_PREFIX": f"bench-decision-{run}:"}
+    identity = start_service("identity", {**common_env, "RAPPORT_CASSANDRA_KEYSPACE": "bench_decision_identity"})
+    servers = [identity]
+    try:
+        identity.wait_serving()
+        profile = start_service(
+            "profile",
+            {
+                **common_env,
+                "RAPPORT_CASSANDRA_KEYSPACE": "bench_decision_profile",
+                "RAPPORT_IDENTITY_ADDRESS": identity.address,
+                "RAPPORT_IDENTITY_API_KEY": key,
+            },
+        )
+        servers.append(profile)
+        profile.wait_serving()
+        decision_env = {
+            **common_env,
+            "RAPPORT_IDENTITY_ADDRESS": identity.address,
+            "RAPPORT_IDENTITY_API_KEY": key,
+            "RAPPORT_PROFILE_ADDRESS": profile.address,
+            "RAPPORT_PROFILE_API_KEY": key,
+            "RAPPORT_DECISION_SECRET": secrets.token_hex(16),
+            "RAPPORT_REUSE_PORT": "true",
+        }
+        first = start_service("decision", decision_env)
+        deciders = [first] + [
+            start_service("decision", decision_env, port=first.port) for _ in range(replica_count - 1)
+        ]
+        servers += deciders
+        for decider in deciders:
+            decider.wait_serving()
+        metadata = (("authorization", f"Bearer {key}"),)
+        rng = random.Random(7)
+        products = [
+            (f"p{index}", CATEGORIES[index % len(CATEGORIES)], round(5 + rng.random() * 200, 2))
+            for index in range(PRODUCTS)
+        ]
+        decision_stub = pb_grpc.DecisionServiceStub(grpc.insecure_channel(first.address))
+        for start in range(0, PRODUCTS, 1000):
+            decision_stub.ImportCatalog(
+                pb.ImportCatalogRequest(
+                    products=[
+                        pb.CatalogProduct(
+                            product_id=pid,
+                            title=f"Product {pid}",
+                            category_path=list(path),
+                            brand=f"Brand {index % 30}",
+                            price=event_pb2.Money(currency_code="EUR", amount=price),
+                            stock=10,
+                        )
+                        for index, (pid, path, price) in enumerate(products[start : start + 1000])
+                    ]
+                ),
+                metadata=metadata,
+                timeout=60,
+            )
+        # Warm profiles: every visitor browses a few products of a department, some carts, some buy.
+        profile_stub = profile_grpc.ProfileServiceStub(grpc.insecure_channel(profile.address))
+        now_ms = int(time.time() * 1000)
+        events = []
+        for visitor in range(visitors):
+            who = common.Identifier(type=common.IDENTIFIER_TYPE_COOKIE, value=f"bench-{run}-{visitor}")
+            home = rng.randrange(len(CATEGORIES))
+            for step in range(6):
+                pid, path, price = products[(home + len(CATEGORIES) * rng.randrange(PRODUCTS // len(CATEGORIES)))]
+                kind = (
+                    event_pb2.EVENT_TYPE_ADD_TO_CART
+                    if step == 5 and visitor % 3 == 0
+                    else event_pb2.EVENT_TYPE_PRODUCT_VIEW
+                )
+                message = event_pb2.Event(
+                    event_id=uuid.uuid4().hex,
+                    type=kind,
+                    identifier=who,
+                    product=event_pb2.ProductRef(
+                        product_id=pid,
+                        title=f"Product {pid}",
+                        category_path=list(path),
+                        price=event_pb2.Money(currency_code="EUR", amount=price),
+                    ),
+                    quantity=1 if kind == event_pb2.EVENT_TYPE_ADD_TO_CART else 0,
+                )
+                message.event_time.FromMilliseconds(now_ms - (visitor % 90) * 60_000 + step * 1000)
+                events.append(message)
+        person_ids: set[str] = set()
+        for start in range(0, len(events), 1000):
+            reply = profile_stub.TrackBatch(
+                profile_pb.TrackBatchRequest(events=events[start : start + 1000]), metadata=metadata, timeout=120
+            )
+            person_ids.update(result.person_id for result in reply.results if result.person_id)
+        warm_person_ids = sorted(person_ids)
+        requests: list[dict[str, object]] = [
+            {
+                "person_id": person_id,
+                "placement": "PLACEMENT_PRODUCT" if index % 2 else "PLACEMENT_HOME",
+                "count": 8,
+                "page": {"product_id": products[index % PRODUCTS][0]} if index % 2 else {},
+            }
+            for index, person_id in enumerate(warm_person_ids)
+        ]
+        # Every replica has learnt the stream once a Decide answers with items for a product page.
+        wait_ready(
+            lambda: decision_stub.Decide(
+                pb.DecideRequest(person_id=warm_person_ids[1], placement=pb.PLACEMENT_HOME, count=8),
+                metadata=metadata,
+                timeout=5,
+            ),
+            servers,
+        )
+        time.sleep(2)
+        data = json.dumps(requests)
+        connections = ["--connections", str(replica_count * 2)]
+        fixed = ghz(
+            first.address,
+            DECIDE,
+            key,
+            data,
+            ["--rps", str(rps), "-z", f"{seconds}s", "-c", str(concurrency), *connections],
+        )
+        decide_max = ghz(first.address, DECIDE, key, data, ["-z", "5s", "-c", str(concurrency * 2), *connections])
+        check_max = ghz(first.address, CHECK, key, "{}", ["-z", "5s", "-c", str(concurrency * 2), *connections])
+        errors = sum(count for code, count in fixed["statusCodeDistribution"].items() if code != "OK")
+        sample = decision_stub.Decide(
+            pb.DecideRequest(person_id=warm_person_ids[0], placement=pb.PLACEMENT_HOME, count=8),
+            metadata=metadata,
+            timeout=5,
+        )
+        print(f"warm visitors {len(person_ids)}, catalog {PRODUCTS} products, {replica_count} decision replicas")
+        print(
+            f"sample answer: situation={pb.Situation.Name(sample.situation)} "
+            f"items={len(sample.items)} degraded={sample.degraded}"
+        )
+        print(f"fixed rate: target {rps}/s for {seconds}s, achieved {fixed['rps']:.0f}/s, non-OK {errors}")
+        print(f"max throughput: Decide {decide_max['rps']:.0f}/s, health Check {check_max['rps']:.0f}/s")
+        print(
+            f"rps={fixed['rps']:.0f} p50_ms={latency_ms(fixed, 50):.2f} p99_ms={latency_ms(fixed, 99):.2f} "
+            f"floor_ratio={decide_max['rps'] / check_max['rps']:.2f}"
+        )
+    finally:
+        for server in reversed(servers):
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()
