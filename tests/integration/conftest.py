@@ -98,6 +98,8 @@ class ProfileHarness:
 
 
 def profile_settings(run_id: str, identity_address: str, **overrides: Any) -> ProfileSettings:
+    # Profile (and decision, which reads profile's keys) live under their own root: the profile
+    # follows identity's merges while identity's tests check that erasure leaves no key behind.
     values: dict[str, Any] = dict(
         port=0,
         metrics_port=0,
@@ -106,7 +108,7 @@ def profile_settings(run_id: str, identity_address: str, **overrides: Any) -> Pr
         cassandra_hosts=CASSANDRA_HOST,
         cassandra_port=CASSANDRA_PORT,
         redis_url=REDIS_URL,
-        redis_prefix=f"test:{run_id}:",
+        redis_prefix=f"test-profile:{run_id}:",
         health_interval_s=0.2,
         identity_address=identity_address,
         identity_api_key=ADMIN_KEY,
@@ -155,7 +157,7 @@ def decision_settings(run_id: str, identity_address: str, profile_address: str, 
         metrics_port=0,
         api_keys=API_KEYS,
         redis_url=REDIS_URL,
-        redis_prefix=f"test:{run_id}:",
+        redis_prefix=f"test-profile:{run_id}:",
         health_interval_s=0.2,
         identity_address=identity_address,
         identity_api_key=ADMIN_KEY,

@@ -43,7 +43,7 @@ def test_a_product_knows_its_leaf_name_and_category_key() -> None:
     assert sweater.leaf_category == "Sweaters"
     assert sweater.category == "Women > Knitwear > Sweaters"
     assert product("p2", path=()).leaf_category == ""
-    assert category_prefixes(SWEATERS) == ["", "Women", "Women > Knitwear", "Women > Knitwear > Sweaters"]
+    assert category_prefixes(list(SWEATERS)) == ("", "Women", "Women > Knitwear", "Women > Knitwear > Sweaters")
 
 
 def test_get_len_and_availability_follow_upserts_and_stock_updates() -> None:

@@ -8,6 +8,7 @@ import re
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import TypeVar
 
 CATEGORY_SEPARATOR = " > "  # as in profile: category keys are paths joined with it, "Women > Knitwear"
@@ -56,10 +57,14 @@ def category_key(category_path: Sequence[str]) -> str:
     return CATEGORY_SEPARATOR.join(category_path)
 
 
-def category_prefixes(category_path: Sequence[str]) -> list[str]:
+def category_prefixes(category_path: Sequence[str]) -> tuple[str, ...]:
     """The keys of every category a product with this path belongs to, the whole catalog first."""
-    path = tuple(category_path[:MAX_CATEGORY_DEPTH])
-    return [ALL_PRODUCTS] + [category_key(path[: depth + 1]) for depth in range(len(path))]
+    return _prefixes(tuple(category_path[:MAX_CATEGORY_DEPTH]))
+
+
+@lru_cache(maxsize=16_384)  # every event needs them, and a shop has far fewer paths than events
+def _prefixes(path: tuple[str, ...]) -> tuple[str, ...]:
+    return (ALL_PRODUCTS, *(category_key(path[: depth + 1]) for depth in range(len(path))))
 
 
 def category_name(key: str) -> str:

@@ -386,8 +386,8 @@ class _RankingCache:
         entry = self._entries.get(product_id)
         if entry is not None and entry[0] == version:
             return entry[1], entry[2]
-        everything = list(scores())
-        best = heapq.nsmallest(self._size, everything, key=lambda item: (-item[1], item[0]))
+        everything = _ranked(dict(scores()))
+        best = everything[: self._size]
         truncated = len(everything) > len(best)
         if entry is not None:
             del self._entries[product_id]
@@ -434,13 +434,18 @@ def _from_seeds(
 
 
 def _available(
-    catalog: Catalog, ranking: Iterable[tuple[str, float]], count: int, *excluded: Collection[str]
+    catalog: Catalog,
+    ranking: Iterable[tuple[str, float]],
+    count: int,
+    exclude: Collection[str],
+    seeds: Collection[str] = (),
 ) -> list[tuple[str, float]]:
+    """The first `count` entries of a ranking that may be shown: positive, available, neither excluded nor a seed."""
     accepted: list[tuple[str, float]] = []
     for product_id, score in ranking:
         if len(accepted) >= count:
             break
-        if score > 0 and catalog.is_available(product_id) and not any(product_id in ids for ids in excluded):
+        if score > 0 and product_id not in exclude and product_id not in seeds and catalog.is_available(product_id):
             accepted.append((product_id, score))
     return accepted
 
