@@ -182,7 +182,7 @@ class Learner:
         if kind == "PRODUCT_VIEW" and product_id:
             session_id = self._visits.session_of(person_id, time_ms)
             models.next_item.observe_click(session_id, product_id, time_ms / 1000)
-            models.similar.observe_session_view(session_id, product_id)
+            models.similar.observe_session_view(session_id, product_id, time_ms)
         if product_id and kind in EVENT_WEIGHTS:
             models.trending.observe(product_id, category_path, EVENT_WEIGHTS[kind], time_ms)
         order = event.get("order")
