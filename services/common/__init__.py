@@ -1,1 +1,1 @@
-"""Shared bootstrap of every Rapport service: settings, logging, errors, the handler guard, health."""
+"""Shared bootstrap of every Rapport service: settings, logging, errors, interceptors, health."""

@@ -1,6 +1,6 @@
 """The request budget: every downstream call (gRPC, Redis, Cassandra) gets what remains of it.
 
-Python gRPC does not propagate deadlines, so the handler guard stores the absolute deadline of the
+Python gRPC does not propagate deadlines, so the interceptor stores the absolute deadline of the
 current request in a context variable and adapters read `remaining_s()`.
 """
 

@@ -1,6 +1,6 @@
 """Domain errors that map to AIP-193 gRPC errors (canonical code, ErrorInfo, BadRequest).
 
-Domain and service-layer code raises these; the handler guard turns them into a
+Domain and service-layer code raises these; the error interceptor turns them into a
 `google.rpc.Status` in the trailing metadata. Messages are short and actionable and never
 carry raw input (it may be PII).
 """

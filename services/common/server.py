@@ -15,12 +15,12 @@ import grpc
 import structlog
 from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
 from services.common.auth import ApiKeyRegistry
 from services.common.cassandra import CassandraClient, open_cassandra
-from services.common.interceptors import GuardedServer, InterceptorConfig, RpcGuard, RpcMetrics
+from services.common.interceptors import InterceptorConfig, RapportServerInterceptor, RpcMetrics
 from services.common.redis import RedisClient
 from services.common.settings import CommonSettings
 
@@ -42,7 +42,7 @@ class ServiceRegistration:
     """What a service contributes to the shared server."""
 
     full_name: str  # e.g. "rapport.identity.v1.IdentityService"
-    add_to_server: Callable[[GuardedServer], None]
+    add_to_server: Callable[[grpc.aio.Server], None]
     method_scopes: dict[str, str]
     error_domain: str
     probes: Sequence[DependencyProbe] = field(default_factory=list)
@@ -161,7 +161,7 @@ async def create_server(settings: CommonSettings, registration: ServiceRegistrat
     if len(api_keys) == 0:
         log.warning("no_api_keys", hint="every RPC but health and reflection will be refused: set RAPPORT_API_KEYS")
     metrics_registry = CollectorRegistry()
-    guard = RpcGuard(
+    interceptor = RapportServerInterceptor(
         InterceptorConfig(
             error_domain=registration.error_domain,
             default_deadline_s=settings.default_deadline_ms / 1000,
@@ -174,22 +174,20 @@ async def create_server(settings: CommonSettings, registration: ServiceRegistrat
         RpcMetrics(settings.service_name, metrics_registry),
     )
     server = grpc.aio.server(
+        interceptors=[interceptor],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", int(settings.reuse_port)),
         ],
     )
-    guarded = guard.guarded(server)
-    registration.add_to_server(guarded)
+    registration.add_to_server(server)
     health_reporter = HealthReporter([registration.full_name], registration.probes, settings.health_interval_s)
-    health_pb2_grpc.add_HealthServicer_to_server(health_reporter.servicer, guarded)
-    # Registered directly (not enable_server_reflection, which type-checks for grpc.aio.Server)
-    # so that reflection goes through the guard like every other service.
-    listed_services = (registration.full_name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
-    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-        reflection.aio.ReflectionServicer((*listed_services, reflection.SERVICE_NAME), pool=_MethodAwarePool()),
-        guarded,
+    health_pb2_grpc.add_HealthServicer_to_server(health_reporter.servicer, server)
+    reflection.enable_server_reflection(
+        (registration.full_name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+        pool=_MethodAwarePool(),
     )
     address = f"{settings.host}:{settings.port}"
     credentials = _server_credentials(settings)
