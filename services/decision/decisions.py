@@ -22,6 +22,7 @@ from services.common.identity_client import IdentityClient
 from services.decision.adapters.profile_reader import ProfileReader
 from services.decision.adapters.redis_store import DecisionStore
 from services.decision.domain import bandit, experiments, messages
+from services.decision.domain.catalog import category_name
 from services.decision.domain.decision_ids import DecisionIds, DecisionRecord, InvalidDecisionId, new_nonce
 from services.decision.domain.recommenders import Candidate
 from services.decision.domain.rules import apply_business_rules, blend
@@ -33,7 +34,7 @@ from services.decision.domain.situations import (
     Strategy,
     situation_of,
 )
-from services.decision.domain.strategies import FOLLOWER_WEIGHTS, Page, Recommenders, candidates, category_label
+from services.decision.domain.strategies import FOLLOWER_WEIGHTS, Page, Recommenders, candidates
 from services.decision.domain.visitor import Visitor, visitor_from_profile
 
 log = structlog.get_logger("rapport.decision")
@@ -92,8 +93,12 @@ class DecisionConfig:
         policy = self.policies.get(situation)
         return policy.strategies if policy and policy.strategies else DEFAULT_STRATEGIES[situation]
 
-    def template_overrides(self) -> dict[tuple[str, str], messages.MessageTemplate]:
-        return {
+    # The policies' templates keyed as render_message wants them, built once per configuration
+    # rather than on every Decide.
+    template_overrides: dict[tuple[str, str], messages.MessageTemplate] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.template_overrides = {
             (situation.name, language): template
             for situation, policy in self.policies.items()
             for language, template in policy.templates.items()
@@ -262,7 +267,7 @@ class Decider:
             situation_name if situation is not None else Situation.FIRST_VISIT.name,
             language,
             self._message_values(visitor, situation, query.page),
-            self.config.template_overrides(),
+            self.config.template_overrides,
         )
         decision_id = self._ids.issue(
             DecisionRecord(person_id, situation_name, situation_key, lead.name, experiment_id, arm, now_ms, new_nonce())
@@ -292,7 +297,7 @@ class Decider:
             bandit.visit_bucket(visitor.visit_number),
             visitor.traffic_source,
             visitor.device_type or "unknown",
-            category_label(visitor.top_category) or "none",
+            category_name(visitor.top_category) or "none",
             visitor.price_band or "none",
             ",".join(sorted(visitor.traits)) or "none",
         ]
@@ -321,13 +326,13 @@ class Decider:
         if situation is Situation.RETURN_VISIT and visitor.previous_visit_category:
             category = visitor.previous_visit_category
         category = category or visitor.top_category
-        values = {"category": category_label(category)} if category else {}
+        values = {"category": category_name(category)} if category else {}
         first_name = visitor.attributes.get("first_name", "")
         if first_name:
             values["first_name"] = first_name
         favourites = sorted(visitor.category_affinity, key=lambda key: -visitor.category_affinity[key])[:2]
         if favourites:
-            values["favourite_categories"] = " & ".join(category_label(key) for key in favourites)
+            values["favourite_categories"] = " & ".join(category_name(key) for key in favourites)
         return values
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> None:

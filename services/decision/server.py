@@ -15,7 +15,7 @@ from services.common.identifiers import parse_identifier, parse_person_id
 from services.decision.catalog_admin import CatalogAdmin
 from services.decision.configuration import ConfigurationAdmin, StoredExperiment, StoredPolicy, StoredSegment
 from services.decision.decisions import DecideQuery, Decider, Decision
-from services.decision.domain.catalog import CATEGORY_SEPARATOR, Product, consumable_flag, validate_product
+from services.decision.domain.catalog import Product, category_key, consumable_flag, validate_product
 from services.decision.domain.situations import Situation, Strategy
 from services.decision.domain.strategies import Page
 
@@ -123,7 +123,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):  # type: ignore[misc]
                 placement=placement,
                 page=Page(
                     product_id=page.product_id,
-                    category=CATEGORY_SEPARATOR.join(page.category_path),
+                    category=category_key(page.category_path),
                     cart_product_ids=tuple(page.cart_product_ids),
                     search_query=page.search_query,
                 ),

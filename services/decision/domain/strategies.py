@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from services.decision.domain.catalog import ALL_PRODUCTS, CATEGORY_SEPARATOR, Catalog
+from services.decision.domain.catalog import ALL_PRODUCTS, Catalog
 from services.decision.domain.next_item import NextItemRecommender
 from services.decision.domain.recommenders import (
     AffinityPicks,
@@ -120,7 +120,3 @@ def _seeds_for_complements(visitor: Visitor, page: Page, situation: Situation | 
     if page.cart_product_ids or visitor.cart_product_ids:
         return list(page.cart_product_ids or visitor.cart_product_ids)
     return [page.product_id] if page.product_id else []
-
-
-def category_label(category: str) -> str:
-    return category.rpartition(CATEGORY_SEPARATOR)[2]

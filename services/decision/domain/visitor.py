@@ -10,8 +10,6 @@ from services.profile.domain.traits import detect_traits
 from services.profile.domain.view import cart_view, price_band_affinities, top_affinities, vip_tier
 from services.profile.live import LiveProfile
 
-CATEGORY_SEPARATOR = " > "
-
 
 @dataclass(frozen=True, slots=True)
 class Visitor:
