@@ -25,6 +25,13 @@ def reset_deadline(token: contextvars.Token[float | None]) -> None:
     _deadline.reset(token)
 
 
+def detach() -> None:
+    """From here on the current task works outside any request budget: past a commit point, work
+    must finish even when the caller has given up. Call it only in a task of its own (its context
+    is a copy, so the request's handler keeps its deadline)."""
+    _deadline.set(None)
+
+
 def remaining_s(floor_s: float = 0.0) -> float:
     """Seconds left in the current request; raises DeadlineExceeded when none are left."""
     deadline = _deadline.get()

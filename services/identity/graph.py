@@ -24,12 +24,12 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
 from services.common import deadlines
-from services.common.errors import Aborted, FailedPrecondition, NotFound
+from services.common.errors import Aborted, FailedPrecondition, NotFound, Unavailable
 from services.common.identifiers import IdentifierKey, IdentifierType
 from services.identity.adapters.cassandra_store import CassandraIdentityStore, OutboxEvent
 from services.identity.adapters.near_cache import NearCache
@@ -43,6 +43,8 @@ from services.identity.domain.merging import (
 )
 
 log = structlog.get_logger("rapport.identity")
+
+_T = TypeVar("_T")
 
 MAX_MERGE_CHAIN = 64
 KIND_LINK = "LINK"
@@ -96,6 +98,12 @@ class ForgetResult:
 
 class _Changed(Exception):
     """The graph moved under us between reading and locking: start the operation again."""
+
+
+def _consume_exception(task: asyncio.Task[Any]) -> None:
+    """A shielded section whose caller has gone: log its failure instead of losing it."""
+    if not task.cancelled() and task.exception() is not None and not isinstance(task.exception(), _Changed):
+        log.warning("locked_section_failed", error=repr(task.exception()))
 
 
 def new_person_id() -> str:
@@ -241,6 +249,13 @@ class IdentityGraph:
         if len(persons) == 1:
             await self._cache.remember(roots.keys(), persons[0])
             return LinkResult(persons[0], [], skipped)
+        survivor, losers = await self._to_completion(self._merge(persons, roots, identifiers))
+        return LinkResult(survivor, losers, skipped)
+
+    async def _merge(
+        self, persons: list[str], roots: dict[str, str], identifiers: list[IdentifierKey]
+    ) -> tuple[str, list[str]]:
+        """Merge root persons into one, under their locks; (survivor, merged-away persons)."""
         async with self._locked(persons):
             # Under the locks, check at SERIAL consistency that nothing moved since we looked.
             for person_id in persons:
@@ -256,9 +271,11 @@ class IdentityGraph:
             survivor = choose_survivor(snapshots)
             losers = [person.person_id for person in snapshots if person.person_id != survivor.person_id]
             outbox = await self._store.add_outbox("merge", survivor.person_id, losers)
+            # The commit point is next: from here the merge finishes even if the caller gives up.
+            deadlines.detach()
             at = now_ms()
             for loser in losers:
-                if not await self._store.mark_merged(loser, survivor.person_id, at):
+                if not await self._commit_merge(loser, survivor.person_id, at):
                     raise _Changed()  # impossible while we hold the lock, unless the lease expired
                 await self._store.add_merged_from(survivor.person_id, loser)
                 moved = await self._move_identifiers(loser, survivor.person_id)
@@ -268,7 +285,32 @@ class IdentityGraph:
             self._near.invalidate_persons(losers)
         log.info("persons_merged", survivor=survivor.person_id, merged=losers)
         await self._publish(outbox)
-        return LinkResult(survivor.person_id, losers, skipped)
+        return survivor.person_id, losers
+
+    async def _commit_merge(self, loser: str, survivor: str, at_ms: int) -> bool:
+        """Set `merged_into`; when the answer is lost (timeout), read at SERIAL what happened."""
+        try:
+            return await self._store.mark_merged(loser, survivor, at_ms)
+        except Unavailable:
+            row = await self._store.person(loser, serial=True)
+            if row is not None and row.merged_into == survivor:
+                return True
+            raise
+
+    async def _to_completion(self, work: Coroutine[Any, Any, _T]) -> _T:
+        """Run a locked section as a task of its own that the caller's cancellation cannot stop.
+
+        A caller that gives up (deadline, disconnect) would otherwise cancel a merge between its
+        commit point and its end: identifiers left on a merged-away person, no Redis redirect, no
+        invalidation for the other replicas' near caches. The task starts with a copy of the
+        request's context (its deadline applies until `deadlines.detach()`), and releases its
+        locks itself.
+        """
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(_consume_exception)
+        return await asyncio.shield(task)
 
     async def _snapshot(self, person_id: str) -> PersonSnapshot:
         person = await self._store.person(person_id)
@@ -297,9 +339,13 @@ class IdentityGraph:
                 if await self._root_of(root, serial=True) != root:
                     return
                 moved = await self._move_identifiers(merged_person, root)
+                # Entries cached before the interrupted merge still name the merged-away person.
+                await self._cache.redirect([merged_person], root)
                 if moved:
                     log.warning("merge_repaired", merged=merged_person, survivor=root, identifiers=len(moved))
                     await self._cache.remember(moved, root)
+                    self._near.invalidate_persons([merged_person])
+                    await self._cache.publish_invalidation([merged_person])
         except _Changed:
             pass  # someone else holds them, most likely finishing this very merge
 
@@ -328,13 +374,16 @@ class IdentityGraph:
         while True:
             targets = await person_ids()
             try:
-                async with self._locked(targets):
-                    return await action(targets)
+                return await self._to_completion(self._locked_action(targets, action))
             except _Changed:
                 if deadlines.remaining_s() < backoff_s * 2:
                     raise Aborted("too much contention on this person; retry") from None
                 await asyncio.sleep(random.uniform(0, backoff_s))
                 backoff_s = min(backoff_s * 2, 0.2)
+
+    async def _locked_action(self, targets: list[str], action: Callable[[list[str]], Coroutine[Any, Any, Any]]) -> Any:
+        async with self._locked(targets):
+            return await action(targets)
 
     # ---------------------------------------------------------------- read
     async def person_view(self, person_id: str) -> PersonView:
@@ -400,6 +449,7 @@ class IdentityGraph:
                     "the identifier is its person's only one; nothing to unlink", "ONLY_IDENTIFIER"
                 )
             new_person, at = new_person_id(), now_ms()
+            deadlines.detach()  # past here the unlink finishes even if the caller gives up
             outbox = await self._store.add_outbox("unlink", new_person, [previous, new_person], identifier.key)
             await self._store.create_person(new_person, at)
             await self._store.add_person_identifier(new_person, identifier.key, at)
@@ -434,6 +484,7 @@ class IdentityGraph:
         async def erase(locked: list[str]) -> ForgetResult:
             if await self._root_of(locked[0], serial=True) != locked[0]:
                 raise _Changed()
+            deadlines.detach()  # an erasure, once started, finishes even if the caller gives up
             group = await self._group_of(locked[0])
             identifiers: list[str] = []
             for member in group:

@@ -13,7 +13,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from rapport.common.v1 import identifier_pb2 as common
 from rapport.identity.v1 import identity_service_pb2 as pb
+from services.common import deadlines
 from services.common.cassandra import CassandraClient
+from services.common.identifiers import IdentifierKey, IdentifierType
+from services.common.server import open_stores
+from services.identity.adapters.cassandra_store import SCHEMA_FILE, CassandraIdentityStore
+from services.identity.adapters.redis_cache import RedisIdentityCache
+from services.identity.graph import IdentityGraph, IdentityRules
 from tests.integration.conftest import IdentityHarness, identity_settings, running_identity
 from tests.support import private_redis, start_redis
 
@@ -100,3 +106,51 @@ async def test_a_merge_during_a_redis_outage_is_published_later(cassandra_admin:
                 restarted.terminate()
                 restarted.wait(10)
                 shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def test_a_merge_finishes_when_its_caller_gives_up_after_the_commit_point(
+    cassandra_admin: CassandraClient, run_id: str
+) -> None:
+    """The caller's deadline or disconnect cancels the handler; a merge past `merged_into` must
+    still move every identifier, redirect the Redis cache and publish its event."""
+    settings = identity_settings(run_id)
+    cassandra, redis = await open_stores(settings, SCHEMA_FILE)
+    store = CassandraIdentityStore(cassandra)
+    cache = RedisIdentityCache(redis, settings.cache_ttl_s, settings.last_seen_every_s)
+    graph = IdentityGraph(store, cache, IdentityRules())
+    committed = asyncio.Event()
+    commit = store.mark_merged
+
+    async def commit_then_pause(loser: str, survivor: str, at_ms: int) -> bool:
+        applied = await commit(loser, survivor, at_ms)
+        committed.set()
+        await asyncio.sleep(0.2)  # the caller gives up here, between the commit and the moves
+        return applied
+
+    store.mark_merged = commit_then_pause  # type: ignore[method-assign]
+    older = IdentifierKey(IdentifierType.COOKIE, f"giveup-{run_id}-old")
+    newer = IdentifierKey(IdentifierType.COOKIE, f"giveup-{run_id}-new")
+    try:
+        survivor = (await graph.resolve(older)).person_id
+        loser = (await graph.resolve(newer)).person_id
+        token = deadlines.set_deadline(5.0)
+        try:
+            link = asyncio.create_task(graph.link([older, newer]))
+        finally:
+            deadlines.reset_deadline(token)
+        await asyncio.wait_for(committed.wait(), 10)
+        link.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await link
+        await graph.drain()
+
+        assert await store.identifier_owner(newer.key) == survivor
+        assert [key for key, _ in await store.person_identifiers(loser)] == []
+        assert (await cache.lookup(newer.key)) is not None
+        assert (await cache.lookup(newer.key)).person_id == survivor  # type: ignore[union-attr]
+        events: list[tuple[str, dict[str, str]]] = await redis.redis.xrange(cache.stream_key)  # type: ignore[assignment]
+        assert any(fields.get("survivor") == survivor and loser in fields.get("merged", "") for _, fields in events)
+        assert await store.outbox() == []
+    finally:
+        await redis.close()
+        await cassandra.close()
