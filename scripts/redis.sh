@@ -85,7 +85,7 @@ cmd_start() {
   redis-server \
     --bind "$HOST" --port "$PORT" --protected-mode yes \
     --daemonize yes --pidfile "$PID_FILE" --logfile "$LOG_FILE" --dir "$STATE_DIR" \
-    --save "" --appendonly no \
+    --save "" --appendonly yes --appendfsync everysec \
     9>&- || { tail -n 50 "$LOG_FILE" >&2 2>/dev/null || true; die "redis-server failed to start"; }
   local deadline=$((SECONDS + START_TIMEOUT))
   until ping_ok; do

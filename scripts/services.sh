@@ -33,9 +33,9 @@ dev_key() {
   cat "$file"
 }
 
-# Decision ids are signed; every decision replica (and restart) must share the key.
-decision_secret() {
-  local file="$RAPPORT_STATE/decision-secret"
+# Decision ids and messaging links are signed; every replica (and restart) must share the key.
+secret_of() {
+  local file="$RAPPORT_STATE/$1-secret"
   if [[ ! -s "$file" ]]; then
     mkdir -p "$RAPPORT_STATE"
     (umask 077; "$PY" -c 'import secrets; print(secrets.token_hex(32))' > "$file")
@@ -75,12 +75,15 @@ cmd_start() {
       log "port $port is taken by another process (an old Rapport? see: ss -ltnp | grep $port); $name not started"
       exit 1
     fi
+    if [[ "$name" == messaging ]]; then start_smtp_sink; fi
     # exec: the background subshell becomes the service, so $! is its pid and no shell is left
     # holding the caller's stdout open.
     (cd "$REPO" && RAPPORT_API_KEYS="$key" RAPPORT_PORT="$port" RAPPORT_METRICS_PORT="$metrics" \
       RAPPORT_IDENTITY_API_KEY="${RAPPORT_IDENTITY_API_KEY:-$peer_key}" \
       RAPPORT_PROFILE_API_KEY="${RAPPORT_PROFILE_API_KEY:-$peer_key}" \
-      RAPPORT_DECISION_SECRET="${RAPPORT_DECISION_SECRET:-$(decision_secret)}" \
+      RAPPORT_DECISION_API_KEY="${RAPPORT_DECISION_API_KEY:-$peer_key}" \
+      RAPPORT_DECISION_SECRET="${RAPPORT_DECISION_SECRET:-$(secret_of decision)}" \
+      RAPPORT_MESSAGING_SECRET="${RAPPORT_MESSAGING_SECRET:-$(secret_of messaging)}" \
       PYTHONPATH="$REPO:$REPO/gen" exec setsid nohup "$PY" -m "services.$name") >>"$log_file" 2>&1 </dev/null &
     echo $! >"$pid_file"
     if ! wait_serving "$port" || ! running "$pid_file"; then
@@ -88,6 +91,18 @@ cmd_start() {
     fi
     echo "  $name  grpc 127.0.0.1:$port  metrics http://127.0.0.1:$metrics/metrics  log $log_file"
   done
+}
+
+# A local SMTP server keeping what messaging sends as files, so the demo's emails are visible
+# (RAPPORT_SMTP_HOST/PORT point messaging elsewhere, and then no sink is started).
+start_smtp_sink() {
+  [[ -n "${RAPPORT_SMTP_HOST:-}" ]] && return 0
+  local pid_file="$RUN_DIR/smtp-sink.pid"
+  running "$pid_file" && return 0
+  (cd "$REPO" && PYTHONPATH="$REPO:$REPO/gen" exec setsid nohup "$PY" -m services.messaging.cli.smtp_sink \
+    --port 2525 --dir "$RAPPORT_STATE/mail") >>"$RUN_DIR/smtp-sink.log" 2>&1 </dev/null &
+  echo $! >"$pid_file"
+  echo "  smtp sink  127.0.0.1:2525  messages in $RAPPORT_STATE/mail"
 }
 
 cmd_stop() {
@@ -104,6 +119,8 @@ cmd_stop() {
     rm -f "$pid_file"
     log "$name stopped"
   done
+  if running "$RUN_DIR/smtp-sink.pid"; then kill -TERM "$(cat "$RUN_DIR/smtp-sink.pid")"; log "smtp sink stopped"; fi
+  rm -f "$RUN_DIR/smtp-sink.pid"
 }
 
 cmd_status() {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import shutil
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
@@ -96,3 +98,50 @@ def start_redis(binary: str, port: int, workdir: str) -> subprocess.Popen[bytes]
             time.sleep(0.05)
     process.kill()
     raise RuntimeError("redis-server did not start")
+
+
+# ---------------------------------------------------------------------------------- receivers
+class SmtpReceiver:
+    """A real SMTP server (aiosmtpd, in its own thread) keeping what it receives. It can be
+    stopped and started again on the same port (an outage), hold RCPT for a while (a slow
+    server: a send in progress), or refuse messages with a permanent error."""
+
+    def __init__(self, port: int | None = None) -> None:
+        from email import message_from_bytes, policy
+
+        self.port = port or free_port()
+        self.messages: list[Any] = []
+        self.rcpt_delay_s = 0.0
+        self.reject_with: str | None = None
+        self._parse: Any = lambda data: message_from_bytes(data, policy=policy.default)
+        self._controller: Any = None
+
+    def start(self) -> SmtpReceiver:
+        from aiosmtpd.controller import Controller
+
+        receiver = self
+
+        class Handler:
+            async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
+                if receiver.rcpt_delay_s:
+                    await asyncio.sleep(receiver.rcpt_delay_s)
+                envelope.rcpt_tos.append(address)
+                return "250 OK"
+
+            async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+                if receiver.reject_with:
+                    return receiver.reject_with
+                receiver.messages.append(receiver._parse(envelope.original_content or b""))
+                return "250 Message accepted"
+
+        self._controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
+        self._controller.start()
+        return self
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+
+    def to(self, address: str) -> list[Any]:
+        return [message for message in list(self.messages) if message["To"] == address]

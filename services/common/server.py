@@ -49,6 +49,8 @@ class ServiceRegistration:
     error_domain: str
     probes: Sequence[DependencyProbe] = field(default_factory=list)
     on_close: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Other listeners the service opened (e.g. messaging's tracking HTTP endpoint), by name.
+    http_ports: dict[str, int] = field(default_factory=dict)
 
 
 class _MethodAwarePool:

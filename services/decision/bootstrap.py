@@ -16,7 +16,6 @@ from rapport.decision.v1 import decision_service_pb2_grpc as pb_grpc
 from services.common.identity_client import IdentityClient
 from services.common.redis import RedisClient
 from services.common.server import ServiceRegistration, cancel_tasks
-from services.decision.adapters.profile_reader import ProfileReader
 from services.decision.adapters.redis_store import DecisionStore
 from services.decision.catalog_admin import CatalogAdmin
 from services.decision.configuration import ConfigurationAdmin
@@ -30,6 +29,7 @@ from services.decision.domain.strategies import Recommenders
 from services.decision.learning import Learner, Models
 from services.decision.server import ERROR_DOMAIN, METHOD_SCOPES, SERVICE_NAME, DecisionServicer
 from services.decision.settings import DecisionSettings
+from services.profile.reader import ProfileReader
 
 log = structlog.get_logger("rapport.decision")
 MINUTE_MS = 60_000

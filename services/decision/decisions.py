@@ -19,7 +19,6 @@ from services.common import deadlines
 from services.common.errors import FieldViolation, InvalidArgument, RapportError
 from services.common.identifiers import IdentifierKey
 from services.common.identity_client import IdentityClient
-from services.decision.adapters.profile_reader import ProfileReader
 from services.decision.adapters.redis_store import DecisionStore
 from services.decision.domain import bandit, experiments, messages
 from services.decision.domain.catalog import category_name
@@ -36,6 +35,7 @@ from services.decision.domain.situations import (
 )
 from services.decision.domain.strategies import FOLLOWER_WEIGHTS, Page, Recommenders, candidates
 from services.decision.domain.visitor import Visitor, visitor_from_profile
+from services.profile.reader import ProfileReader
 
 log = structlog.get_logger("rapport.decision")
 
@@ -250,13 +250,22 @@ class Decider:
             per_category_cap=self.rules.per_category_cap,
             allow_consumables_again=self.rules.consumables_again,
         )
-        if len(items) < query.count:  # top up with what is popular, whatever the policy
-            more = self.models.trending.top(pool, "", {*exclude, *(item.product_id for item in items)})
+        # Top up with what is popular, whatever the policy; then, for a shop too new to have
+        # popular items (cold start), with its newest products.
+        for source in ("trending", "new_arrivals"):
+            if len(items) >= query.count:
+                break
+            taken = {*exclude, *(item.product_id for item in items)}
+            more = (
+                self.models.trending.top(pool, "", taken)
+                if source == "trending"
+                else self.models.new_arrivals.new_in((), pool, taken, now_ms)
+            )
             items += apply_business_rules(
                 more,
                 self.models.catalog,
                 count=query.count - len(items),
-                exclude={*exclude, *(item.product_id for item in items)},
+                exclude=taken,
                 purchased=visitor.purchased_product_ids,
                 max_price=None,
                 per_category_cap=query.count,

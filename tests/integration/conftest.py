@@ -12,6 +12,7 @@ import pytest
 
 from rapport.decision.v1 import decision_service_pb2_grpc as decision_grpc
 from rapport.identity.v1 import identity_service_pb2_grpc as pb_grpc
+from rapport.messaging.v1 import messaging_service_pb2_grpc as messaging_grpc
 from rapport.profile.v1 import profile_service_pb2_grpc as profile_grpc
 from services.common.cassandra import CassandraClient
 from services.common.server import RunningServer, create_server
@@ -20,6 +21,8 @@ from services.decision.bootstrap import build_decision
 from services.decision.settings import DecisionSettings
 from services.identity.bootstrap import build_identity
 from services.identity.settings import IdentitySettings
+from services.messaging.bootstrap import build_messaging
+from services.messaging.settings import MessagingSettings
 from services.profile.bootstrap import build_profile
 from services.profile.settings import ProfileSettings
 from tests.support import ADMIN_KEY, API_KEYS, CASSANDRA_HOST, CASSANDRA_PORT, REDIS_URL, bearer
@@ -185,3 +188,63 @@ async def decision(profile: ProfileHarness, identity: IdentityHarness, run_id: s
     address = f"127.0.0.1:{profile.running.port}"
     async with running_decision(decision_settings(run_id, identity.address, address)) as harness:
         yield harness
+
+
+# ---------------------------------------------------------------------------------- messaging
+@dataclass
+class MessagingHarness:
+    running: RunningServer
+    settings: MessagingSettings
+    channel: grpc.aio.Channel
+    stub: messaging_grpc.MessagingServiceStub
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.running.registration.http_ports['tracking']}"
+
+    async def call(self, method: str, request: Any, key: str = ADMIN_KEY, timeout: float = 10.0) -> Any:
+        return await getattr(self.stub, method)(request, metadata=bearer(key), timeout=timeout)
+
+
+def messaging_settings(
+    run_id: str, identity: str, profile: str, decision: str, smtp_port: int, **overrides: Any
+) -> MessagingSettings:
+    values: dict[str, Any] = dict(
+        port=0,
+        metrics_port=0,
+        http_port=0,
+        api_keys=API_KEYS,
+        cassandra_keyspace=f"it_messaging_{run_id}",
+        cassandra_hosts=CASSANDRA_HOST,
+        cassandra_port=CASSANDRA_PORT,
+        redis_url=REDIS_URL,
+        redis_prefix=f"test-profile:{run_id}:",  # reads profile's live state and event stream
+        health_interval_s=0.2,
+        identity_address=identity,
+        identity_api_key=ADMIN_KEY,
+        profile_address=profile,
+        profile_api_key=ADMIN_KEY,
+        decision_address=decision,
+        decision_api_key=ADMIN_KEY,
+        secret="test-messaging-secret-" + run_id,
+        smtp_port=smtp_port,
+        quiet_hours=False,
+        claim_idle_ms=2000,
+        retry_base_ms=500,
+        retry_cap_ms=3000,
+        max_attempts=40,
+        public_url="https://track.test",
+    )
+    values.update(overrides)
+    return load_settings(MessagingSettings, {}, **values)
+
+
+@asynccontextmanager
+async def running_messaging(settings: MessagingSettings) -> AsyncIterator[MessagingHarness]:
+    running = await create_server(settings, await build_messaging(settings))
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+    try:
+        yield MessagingHarness(running, settings, channel, messaging_grpc.MessagingServiceStub(channel))
+    finally:
+        await channel.close()
+        await running.stop(0.5)

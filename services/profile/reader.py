@@ -1,6 +1,6 @@
-"""Profiles as decision reads them: straight from the live state profile keeps in Redis (one
-hop on the hot path), and through profile's GetProfile RPC when Redis has no state for the
-person, which makes profile rebuild it from Cassandra."""
+"""Profiles as other services (decision, messaging) read them: straight from the live state
+profile keeps in Redis (one hop on the hot path), and through profile's GetProfile RPC when
+Redis has no state for the person, which makes profile rebuild it from Cassandra."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ EMPTY_MEMORY_MAX = 100_000
 
 class ProfileReader:
     def __init__(self, redis: RedisClient, profile_address: str, api_key: str, tls_ca_file: str = "") -> None:
-        # The TTL only matters to writers; decision never writes a state.
+        # The TTL only matters to writers; readers never write a state.
         self._live = RedisProfileState(redis, state_ttl_s=0)
         if tls_ca_file:
             credentials = grpc.ssl_channel_credentials(Path(tls_ca_file).read_bytes())

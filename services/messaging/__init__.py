@@ -1,0 +1,1 @@
+"""The messaging service: triggered e-mails, push notifications and retargeting audiences."""

@@ -1,0 +1,260 @@
+"""Cassandra side of messaging: contacts, consent, rules, deliveries, dead letters, audience."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from services.common.cassandra import CassandraClient
+from services.messaging.domain.delivery import Delivery, DeliveryStatus
+
+SCHEMA_FILE = Path(__file__).with_name("schema.cql")
+_DEAD_SHARD = 0
+
+
+def to_datetime(ms: int) -> datetime | None:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC) if ms > 0 else None
+
+
+def to_ms(value: datetime | None) -> int:
+    if value is None:
+        return 0
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return int(value.timestamp() * 1000)
+
+
+@dataclass(frozen=True)
+class Contact:
+    person_id: str
+    email: str = ""
+    push_token: str = ""
+    phone: str = ""
+    language: str = ""
+    country: str = ""
+
+
+@dataclass(frozen=True)
+class StoredRule:
+    kind: str
+    enabled: bool
+    delay_ms: int
+    channels: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class StoredAudienceMember:
+    """A retargeting member as stored: hashed keys only."""
+
+    kind: str
+    person_id: str
+    email_sha256: str
+    phone_sha256: str
+    madid: str
+    country: str
+    product_ids: tuple[str, ...]
+
+
+def _delivery(row: dict[str, Any]) -> Delivery:
+    return Delivery(
+        delivery_id=row["delivery_id"],
+        person_id=row["person_id"] or "",
+        kind=row["kind"] or "",
+        channel=row["channel"] or "",
+        status=DeliveryStatus(row["status"]),
+        idempotency_key=row["idempotency_key"] or "",
+        created_at_ms=to_ms(row["created_at"]),
+        due_at_ms=to_ms(row["due_at"]),
+        attempts=row["attempts"] or 0,
+        reason=row["reason"] or "",
+        last_error=row["last_error"] or "",
+        sent_at_ms=to_ms(row["sent_at"]),
+        trigger_data=row["trigger_data"] or "{}",
+        product_ids=tuple(row["product_ids"] or ()),
+    )
+
+
+class MessagingStore:
+    def __init__(self, db: CassandraClient) -> None:
+        self._db = db
+
+    # contacts and consent
+    async def contact(self, person_id: str) -> Contact | None:
+        rows = await self._db.execute("SELECT * FROM {keyspace}.contact WHERE person_id = ?", [person_id])
+        if not rows:
+            return None
+        row = rows[0]
+        return Contact(
+            person_id,
+            row["email"] or "",
+            row["push_token"] or "",
+            row["phone"] or "",
+            row["language"] or "",
+            row["country"] or "",
+        )
+
+    async def set_contact(self, contact: Contact, at_ms: int) -> None:
+        """Upsert the fields given (empty ones keep what was stored)."""
+        fields = {
+            name: value
+            for name, value in (
+                ("email", contact.email),
+                ("push_token", contact.push_token),
+                ("phone", contact.phone),
+                ("language", contact.language),
+                ("country", contact.country),
+            )
+            if value
+        }
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        assignments = f"{assignments}, updated_at = ?" if assignments else "updated_at = ?"
+        await self._db.execute(
+            f"UPDATE {{keyspace}}.contact SET {assignments} WHERE person_id = ?",
+            [*fields.values(), to_datetime(at_ms), contact.person_id],
+        )
+
+    async def consents(self, person_id: str) -> dict[str, tuple[str, int]]:
+        rows = await self._db.execute(
+            "SELECT channel, state, updated_at FROM {keyspace}.consent WHERE person_id = ?", [person_id]
+        )
+        return {row["channel"]: (row["state"], to_ms(row["updated_at"])) for row in rows}
+
+    async def set_consent(self, person_id: str, channel: str, state: str, at_ms: int) -> None:
+        await self._db.execute(
+            "INSERT INTO {keyspace}.consent (person_id, channel, state, updated_at) VALUES (?, ?, ?, ?)",
+            [person_id, channel, state, to_datetime(at_ms)],
+        )
+
+    # rules
+    async def rules(self) -> list[StoredRule]:
+        rows = await self._db.execute("SELECT * FROM {keyspace}.rule")
+        return [
+            StoredRule(row["kind"], bool(row["enabled"]), row["delay_ms"] or 0, tuple(row["channels"] or ()))
+            for row in rows
+        ]
+
+    async def save_rule(self, rule: StoredRule) -> None:
+        await self._db.execute(
+            "INSERT INTO {keyspace}.rule (kind, enabled, delay_ms, channels) VALUES (?, ?, ?, ?)",
+            [rule.kind, rule.enabled, rule.delay_ms, list(rule.channels)],
+        )
+
+    # deliveries
+    async def save_delivery(self, delivery: Delivery, *, new: bool = False) -> None:
+        statements: list[tuple[str, Sequence[object]]] = [
+            (
+                "INSERT INTO {keyspace}.delivery (delivery_id, person_id, kind, channel, status, reason, attempts, "
+                "last_error, created_at, due_at, sent_at, idempotency_key, trigger_data, product_ids) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    delivery.delivery_id,
+                    delivery.person_id,
+                    delivery.kind,
+                    delivery.channel,
+                    delivery.status.value,
+                    delivery.reason,
+                    delivery.attempts,
+                    delivery.last_error,
+                    to_datetime(delivery.created_at_ms),
+                    to_datetime(delivery.due_at_ms),
+                    to_datetime(delivery.sent_at_ms),
+                    delivery.idempotency_key,
+                    delivery.trigger_data,
+                    list(delivery.product_ids),
+                ),
+            )
+        ]
+        for cql, parameters in statements:
+            await self._db.execute(cql, parameters)
+        if new:
+            await self._db.execute(
+                "INSERT INTO {keyspace}.delivery_by_person (person_id, created_at, delivery_id) VALUES (?, ?, ?)",
+                [delivery.person_id, to_datetime(delivery.created_at_ms), delivery.delivery_id],
+            )
+        if delivery.status is DeliveryStatus.DEAD:
+            await self._db.execute(
+                "INSERT INTO {keyspace}.dead_letter (shard, dead_at, delivery_id) VALUES (?, ?, ?)",
+                [_DEAD_SHARD, to_datetime(max(delivery.due_at_ms, delivery.created_at_ms)), delivery.delivery_id],
+            )
+
+    async def delivery(self, delivery_id: str) -> Delivery | None:
+        rows = await self._db.execute("SELECT * FROM {keyspace}.delivery WHERE delivery_id = ?", [delivery_id])
+        return _delivery(rows[0]) if rows else None
+
+    async def deliveries_of(self, person_id: str, limit: int) -> list[Delivery]:
+        rows = await self._db.execute(
+            "SELECT delivery_id FROM {keyspace}.delivery_by_person WHERE person_id = ? LIMIT ?", [person_id, limit]
+        )
+        found = [await self.delivery(row["delivery_id"]) for row in rows]
+        return [delivery for delivery in found if delivery is not None]
+
+    async def dead_letters(self, limit: int) -> list[Delivery]:
+        rows = await self._db.execute(
+            "SELECT delivery_id FROM {keyspace}.dead_letter WHERE shard = ? LIMIT ?", [_DEAD_SHARD, limit]
+        )
+        found = [await self.delivery(row["delivery_id"]) for row in rows]
+        return [delivery for delivery in found if delivery is not None and delivery.status is DeliveryStatus.DEAD]
+
+    async def remove_dead_letter(self, delivery: Delivery) -> None:
+        await self._db.execute(
+            "DELETE FROM {keyspace}.dead_letter WHERE shard = ? AND dead_at = ? AND delivery_id = ?",
+            [_DEAD_SHARD, to_datetime(max(delivery.due_at_ms, delivery.created_at_ms)), delivery.delivery_id],
+        )
+
+    # audience
+    async def add_audience_member(self, member: StoredAudienceMember, at_ms: int) -> None:
+        await self._db.execute(
+            "INSERT INTO {keyspace}.audience_member (kind, person_id, email_sha256, phone_sha256, madid, country, "
+            "product_ids, added_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                member.kind,
+                member.person_id,
+                member.email_sha256,
+                member.phone_sha256,
+                member.madid,
+                member.country,
+                list(member.product_ids),
+                to_datetime(at_ms),
+            ],
+        )
+
+    async def audience(self, kinds: Sequence[str]) -> list[StoredAudienceMember]:
+        members: list[StoredAudienceMember] = []
+        for kind in kinds:
+            rows = await self._db.execute("SELECT * FROM {keyspace}.audience_member WHERE kind = ?", [kind])
+            members += [
+                StoredAudienceMember(
+                    row["kind"],
+                    row["person_id"],
+                    row["email_sha256"] or "",
+                    row["phone_sha256"] or "",
+                    row["madid"] or "",
+                    row["country"] or "",
+                    tuple(row["product_ids"] or ()),
+                )
+                for row in rows
+            ]
+        return members
+
+    # erasure
+    async def forget(self, person_id: str, kinds: Sequence[str]) -> None:
+        for delivery in await self.deliveries_of(person_id, 10_000):
+            await self._db.execute("DELETE FROM {keyspace}.delivery WHERE delivery_id = ?", [delivery.delivery_id])
+        for cql in (
+            "DELETE FROM {keyspace}.delivery_by_person WHERE person_id = ?",
+            "DELETE FROM {keyspace}.contact WHERE person_id = ?",
+            "DELETE FROM {keyspace}.consent WHERE person_id = ?",
+        ):
+            await self._db.execute(cql, [person_id])
+        for kind in kinds:
+            await self._db.execute(
+                "DELETE FROM {keyspace}.audience_member WHERE kind = ? AND person_id = ?", [kind, person_id]
+            )
+
+
+def trigger_data(facts: dict[str, object]) -> str:
+    return json.dumps(facts, separators=(",", ":"), sort_keys=True)

@@ -1,0 +1,250 @@
+"""Messaging's use cases: rules, contacts, consent, firing triggers, reading deliveries, dead
+letters, the audience export and erasure. Sending itself is in `sending.py`."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
+
+import structlog
+
+from services.common.errors import FailedPrecondition, NotFound
+from services.messaging.adapters.cassandra_store import Contact, MessagingStore, StoredRule
+from services.messaging.adapters.redis_queue import MessagingQueue
+from services.messaging.domain.audiences import AudienceMember, write_customer_file
+from services.messaging.domain.delivery import Delivery, DeliveryStatus, delivery_id_for
+from services.messaging.domain.policy import ConsentState
+from services.messaging.domain.tokens import MessageTokens
+from services.messaging.domain.triggers import (
+    DEFAULT_RULES,
+    Channel,
+    RuleBook,
+    TriggerInstance,
+    TriggerKind,
+    TriggerRule,
+    idempotency_key,
+)
+
+log = structlog.get_logger("rapport.messaging")
+RULES_REFRESH_S = 5.0
+EXPORT_CHUNK_ROWS = 1000
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def instance_to_json(instance: TriggerInstance, fired: bool = False) -> str:
+    return json.dumps(
+        {
+            "fired": fired,
+            "kind": instance.kind.name,
+            "person": instance.person_id,
+            "due": instance.due_at_ms,
+            "channels": [channel.name for channel in instance.channels],
+            "key": instance.idempotency_key,
+            "anchor": instance.anchor_ms,
+            "products": list(instance.product_ids),
+            "order": instance.order_id,
+            "category": instance.category,
+        },
+        separators=(",", ":"),
+    )
+
+
+def is_fired(text: str) -> bool:
+    """Fired over RPC: the caller decided, so the send-time re-check of the condition is skipped."""
+    return bool(json.loads(text).get("fired"))
+
+
+def instance_from_json(text: str) -> TriggerInstance:
+    data = json.loads(text)
+    return TriggerInstance(
+        kind=TriggerKind[data["kind"]],
+        person_id=data["person"],
+        due_at_ms=int(data["due"]),
+        channels=tuple(Channel[name] for name in data["channels"]),
+        idempotency_key=data["key"],
+        anchor_ms=int(data["anchor"]),
+        product_ids=tuple(data.get("products") or ()),
+        order_id=data.get("order", ""),
+        category=data.get("category", ""),
+    )
+
+
+# Kinds whose repeats (the same instance fired again) push a pending send later: the visitor is
+# still active, and the reminder counts its delay from the last activity.
+POSTPONED_BY_REPEATS = frozenset({TriggerKind.ABANDONED_CART, TriggerKind.BROWSE_ABANDONMENT})
+
+
+class RuleCatalog:
+    """The rules in force: defaults overlaid with what was edited over RPC (Cassandra), refreshed
+    every few seconds so every replica follows an edit."""
+
+    def __init__(self, store: MessagingStore) -> None:
+        self._store = store
+        self._rules: dict[TriggerKind, TriggerRule] = dict(DEFAULT_RULES)
+        self._loaded_at = 0.0
+
+    @property
+    def book(self) -> RuleBook:
+        return self._rules
+
+    async def refresh(self, force: bool = False) -> RuleBook:
+        if force or time.monotonic() - self._loaded_at > RULES_REFRESH_S:
+            rules = dict(DEFAULT_RULES)
+            for stored in await self._store.rules():
+                kind = TriggerKind.__members__.get(stored.kind)
+                if kind is None:
+                    continue
+                rules[kind] = replace(
+                    DEFAULT_RULES[kind],
+                    enabled=stored.enabled,
+                    delay_ms=stored.delay_ms,
+                    channels=tuple(Channel[name] for name in stored.channels) or DEFAULT_RULES[kind].channels,
+                )
+            self._rules = rules
+            self._loaded_at = time.monotonic()
+        return self._rules
+
+    async def update(self, rule: TriggerRule) -> TriggerRule:
+        await self._store.save_rule(
+            StoredRule(rule.kind.name, rule.enabled, rule.delay_ms, tuple(channel.name for channel in rule.channels))
+        )
+        await self.refresh(force=True)
+        return self._rules[rule.kind]
+
+
+class Messaging:
+    def __init__(self, store: MessagingStore, queue: MessagingQueue, rules: RuleCatalog, tokens: MessageTokens) -> None:
+        self._store = store
+        self._queue = queue
+        self.rules = rules
+        self._tokens = tokens
+
+    # ------------------------------------------------------------------ triggers
+    async def schedule(self, instance: TriggerInstance, fired: bool = False) -> tuple[bool, list[str]]:
+        """Schedule one delivery per channel; (created, delivery ids). A key seen before creates nothing."""
+        at = now_ms()
+        data = instance_to_json(instance, fired)
+        deliveries = [
+            Delivery(
+                delivery_id=delivery_id_for(instance.idempotency_key, channel.name),
+                person_id=instance.person_id,
+                kind=instance.kind.name,
+                channel=channel.name,
+                status=DeliveryStatus.SCHEDULED,
+                idempotency_key=instance.idempotency_key,
+                created_at_ms=at,
+                due_at_ms=instance.due_at_ms,
+                trigger_data=data,
+            )
+            for channel in instance.channels
+        ]
+        created, ids = await self._queue.schedule(
+            instance.idempotency_key, deliveries, postpone=instance.kind in POSTPONED_BY_REPEATS
+        )
+        if created:
+            # The Redis copy is the working state; Cassandra keeps the history (a failure here is
+            # repaired when the delivery's outcome is written).
+            try:
+                await asyncio.gather(*(self._store.save_delivery(delivery, new=True) for delivery in deliveries))
+            except Exception:
+                log.warning("delivery_history_deferred", key=instance.idempotency_key, exc_info=True)
+        return created, ids
+
+    async def fire(self, person_id: str, kind: TriggerKind, key: str, send_at_ms: int | None) -> tuple[bool, list[str]]:
+        rules = await self.rules.refresh()
+        rule = rules[kind]
+        if not rule.enabled:
+            raise FailedPrecondition(f"the {kind.name} rule is disabled", "RULE_DISABLED")
+        at = now_ms()
+        instance = TriggerInstance(
+            kind=kind,
+            person_id=person_id,
+            due_at_ms=send_at_ms if send_at_ms is not None else at + rule.delay_ms,
+            channels=rule.channels,
+            idempotency_key=idempotency_key(kind, "fired", key or person_id),
+            anchor_ms=at,
+        )
+        return await self.schedule(instance, fired=True)
+
+    # ------------------------------------------------------------------ contacts and consent
+    async def set_contact(self, contact: Contact) -> None:
+        await self._store.set_contact(contact, now_ms())
+
+    async def contact(self, person_id: str) -> Contact | None:
+        return await self._store.contact(person_id)
+
+    async def set_consent(self, person_id: str, channel: Channel, state: ConsentState) -> None:
+        await self._store.set_consent(person_id, channel.name, state.name, now_ms())
+
+    async def consents(self, person_id: str) -> dict[Channel, tuple[ConsentState, int]]:
+        stored = await self._store.consents(person_id)
+        result: dict[Channel, tuple[ConsentState, int]] = {}
+        for channel in Channel:
+            state, at = stored.get(channel.name, ("UNKNOWN", 0))
+            result[channel] = (ConsentState[state] if state in ConsentState.__members__ else ConsentState.UNKNOWN, at)
+        return result
+
+    async def unsubscribe(self, token: str) -> tuple[str, Channel]:
+        """Raises InvalidToken for a forged or damaged token."""
+        request = self._tokens.read_unsubscribe(token, now_ms())
+        await self.set_consent(request.person_id, request.channel, ConsentState.DENIED)
+        log.info("unsubscribed", person=request.person_id, channel=request.channel.name)
+        return request.person_id, request.channel
+
+    # ------------------------------------------------------------------ deliveries
+    async def delivery(self, delivery_id: str) -> Delivery:
+        """The working copy while Redis has it (the freshest), else the history in Cassandra."""
+        found = await self._queue.copy(delivery_id) or await self._store.delivery(delivery_id)
+        if found is None:
+            raise NotFound("no delivery has this id", "DELIVERY_NOT_FOUND")
+        return found
+
+    async def deliveries_of(self, person_id: str, limit: int) -> list[Delivery]:
+        stored = await self._store.deliveries_of(person_id, limit)
+        fresh = await self._queue.copies([delivery.delivery_id for delivery in stored])
+        return [fresh.get(delivery.delivery_id, delivery) for delivery in stored]
+
+    async def dead_letters(self, limit: int) -> list[Delivery]:
+        return await self._store.dead_letters(limit)
+
+    async def replay(self, delivery_id: str) -> Delivery:
+        delivery = await self.delivery(delivery_id)
+        if delivery.status is not DeliveryStatus.DEAD:
+            raise FailedPrecondition(
+                f"only a dead-lettered delivery can be replayed; this one is {delivery.status.name}", "NOT_DEAD"
+            )
+        revived = delivery.with_status(DeliveryStatus.SCHEDULED, attempts=0, due_at_ms=now_ms(), reason="REPLAYED")
+        await self._store.remove_dead_letter(delivery)
+        await self._store.save_delivery(revived)
+        await self._queue.reschedule(revived)
+        return revived
+
+    # ------------------------------------------------------------------ audience
+    async def export_audience(self, kinds: Sequence[TriggerKind]) -> AsyncIterator[str]:
+        members = await self._store.audience([kind.name for kind in kinds])
+        for start in range(0, max(len(members), 1), EXPORT_CHUNK_ROWS):
+            chunk = members[start : start + EXPORT_CHUNK_ROWS]
+            out = io.StringIO()
+            write_customer_file(
+                [AudienceMember(m.email_sha256, m.phone_sha256, m.madid, m.country, m.product_ids) for m in chunk],
+                out,
+                include_product_ids=True,
+            )
+            text = out.getvalue()
+            if start > 0:
+                text = text.split("\n", 1)[1]  # the header only once
+            yield text
+
+    # ------------------------------------------------------------------ erasure
+    async def forget(self, person_id: str) -> int:
+        deliveries = await self._store.deliveries_of(person_id, 10_000)
+        await self._queue.forget([delivery.delivery_id for delivery in deliveries])
+        await self._store.forget(person_id, [kind.name for kind in TriggerKind])
+        return len(deliveries)

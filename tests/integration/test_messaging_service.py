@@ -1,0 +1,533 @@
+"""Messaging against real Redis, Cassandra, identity, profile and decision servers, a real SMTP
+server (aiosmtpd) and real HTTP receivers (aiohttp): triggers from profile events, consent,
+frequency, retries through an SMTP outage, dead letters, push, retargeting, tracking."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import hashlib
+import inspect
+import io
+import json
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import grpc
+import pytest
+from aiohttp import web
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from rapport.common.v1 import event_pb2
+from rapport.common.v1 import identifier_pb2 as common
+from rapport.decision.v1 import decision_service_pb2 as decision_pb
+from rapport.messaging.v1 import messaging_service_pb2 as pb
+from rapport.profile.v1 import profile_service_pb2 as profile_pb
+from services.messaging.domain.tokens import MessageTokens
+from tests.integration.conftest import (
+    DecisionHarness,
+    IdentityHarness,
+    MessagingHarness,
+    ProfileHarness,
+    messaging_settings,
+    running_messaging,
+)
+from tests.support import ADMIN_KEY, STOREFRONT_KEY, SmtpReceiver, bearer, error_details
+
+pytestmark = pytest.mark.integration
+E = event_pb2.EventType
+
+
+class HttpReceiver:
+    """A real HTTP server collecting JSON posts (push endpoint, audience endpoint)."""
+
+    def __init__(self) -> None:
+        self.posts: list[tuple[str, dict[str, Any]]] = []
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def start(self) -> HttpReceiver:
+        async def receive(request: web.Request) -> web.Response:
+            self.posts.append((request.path, await request.json()))
+            return web.json_response({"ok": True})
+
+        app = web.Application()
+        app.add_routes([web.post("/{path:.*}", receive)])
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = next(address[1] for address in self._runner.addresses if isinstance(address, tuple))
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+@pytest.fixture(scope="module")
+def smtp() -> Any:
+    receiver = SmtpReceiver().start()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture(scope="module")
+async def receivers() -> AsyncIterator[HttpReceiver]:
+    receiver = await HttpReceiver().start()
+    yield receiver
+    await receiver.stop()
+
+
+@pytest.fixture(scope="module")
+async def messaging(
+    identity: IdentityHarness,
+    profile: ProfileHarness,
+    decision: DecisionHarness,
+    smtp: SmtpReceiver,
+    receivers: HttpReceiver,
+    run_id: str,
+) -> AsyncIterator[MessagingHarness]:
+    settings = messaging_settings(
+        run_id,
+        identity.address,
+        f"127.0.0.1:{profile.running.port}",
+        f"127.0.0.1:{decision.running.port}",
+        smtp.port,
+        push_url=f"{receivers.url}/push",
+        audience_url=f"{receivers.url}/audience",
+        audience_batch=50,
+    )
+    async with running_messaging(settings) as harness:
+        for kind, delay in (
+            (pb.TRIGGER_KIND_ABANDONED_CART, 1),
+            (pb.TRIGGER_KIND_BROWSE_ABANDONMENT, 1),
+            (pb.TRIGGER_KIND_WELCOME, 0),
+        ):
+            channels = [pb.CHANNEL_EMAIL]
+            if kind == pb.TRIGGER_KIND_ABANDONED_CART:
+                channels = [pb.CHANNEL_EMAIL, pb.CHANNEL_PUSH, pb.CHANNEL_RETARGETING]
+            await harness.call(
+                "UpdateRule",
+                pb.UpdateRuleRequest(rule=pb.Rule(kind=kind, enabled=True, delay_seconds=delay, channels=channels)),
+            )
+        await decision.call(
+            "ImportCatalog",
+            decision_pb.ImportCatalogRequest(
+                products=[
+                    decision_pb.CatalogProduct(
+                        product_id=f"MSG-SKU{i}",
+                        title=f"Cashmere sweater {i}",
+                        category_path=["Women", "Knitwear"],
+                        brand="Maison",
+                        price=event_pb2.Money(currency_code="EUR", amount=100.0 + i),
+                        stock=10,
+                    )
+                    for i in range(12)
+                ]
+            ),
+        )
+        yield harness
+
+
+def cookie(value: str) -> common.Identifier:
+    return common.Identifier(type=common.IDENTIFIER_TYPE_COOKIE, value=value)
+
+
+def event(identifier: common.Identifier, kind: int, product: str = "", order: str = "") -> event_pb2.Event:
+    at = Timestamp()
+    at.FromMilliseconds(int(time.time() * 1000))
+    built = event_pb2.Event(event_id=uuid.uuid4().hex, type=kind, event_time=at, identifier=identifier)  # type: ignore[arg-type]
+    if product:
+        built.product.CopyFrom(
+            event_pb2.ProductRef(
+                product_id=product,
+                title="Cashmere sweater",
+                category_path=["Women", "Knitwear"],
+                price=event_pb2.Money(currency_code="EUR", amount=129.0),
+            )
+        )
+        built.quantity = 1
+    if order:
+        built.order.order_id = order
+        built.order.lines.add(product=built.product, quantity=1)
+        built.order.total.CopyFrom(event_pb2.Money(currency_code="EUR", amount=129.0))
+    return built
+
+
+async def reachable_person(
+    messaging: MessagingHarness, identifier: common.Identifier, email: str, consent: bool = True, **contact: str
+) -> str:
+    selector = pb.PersonSelector(identifier=identifier)
+    reply = await messaging.call("SetContact", pb.SetContactRequest(person=selector, email=email, **contact))
+    for channel in (pb.CHANNEL_EMAIL, pb.CHANNEL_PUSH, pb.CHANNEL_RETARGETING):
+        state = pb.CONSENT_STATE_GRANTED if consent else pb.CONSENT_STATE_DENIED
+        await messaging.call("SetConsent", pb.SetConsentRequest(person=selector, channel=channel, state=state))
+    return str(reply.person_id)
+
+
+async def deliveries(messaging: MessagingHarness, person_id: str) -> list[pb.Delivery]:
+    reply = await messaging.call(
+        "ListDeliveries", pb.ListDeliveriesRequest(person=pb.PersonSelector(person_id=person_id))
+    )
+    return list(reply.deliveries)
+
+
+async def wait_for(check: Callable[[], Any], within_s: float = 20.0) -> Any:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result
+        await asyncio.sleep(0.2)
+    raise AssertionError("condition not met in time")
+
+
+def of_kind(found: list[pb.Delivery], kind: int, channel: int = pb.CHANNEL_EMAIL) -> list[pb.Delivery]:
+    return [delivery for delivery in found if delivery.kind == kind and delivery.channel == channel]
+
+
+async def test_abandoned_cart_fired_three_times_sends_one_email_with_products_and_links(
+    messaging: MessagingHarness, profile: ProfileHarness, smtp: SmtpReceiver, receivers: HttpReceiver
+) -> None:
+    visitor = cookie(f"msg-cart-{uuid.uuid4().hex[:8]}")
+    email = f"cart-{uuid.uuid4().hex[:8]}@example.com"
+    person = await reachable_person(messaging, visitor, email, language="fr", push_token="device-token-1")
+    for _ in range(3):  # the same cart, three times: one trigger instance
+        await profile.call("Track", profile_pb.TrackRequest(event=event(visitor, E.EVENT_TYPE_ADD_TO_CART, "MSG-SKU1")))
+
+    async def sent() -> list[pb.Delivery]:
+        found = of_kind(await deliveries(messaging, person), pb.TRIGGER_KIND_ABANDONED_CART)
+        return [d for d in found if d.status == pb.DELIVERY_STATUS_SENT]
+
+    [delivery] = await wait_for(sent)
+    await asyncio.sleep(1.5)  # anything extra would have arrived by now
+    [message] = smtp.to(email)
+    assert message["Message-ID"] == f"<{delivery.delivery_id}@rapport>"
+    assert "panier" in message["Subject"]  # French, as the contact asked
+    html = message.get_body(("html",)).get_content()
+    text = message.get_body(("plain",)).get_content()
+    assert "https://track.test/c/" in html and "https://track.test/o/" in html
+    assert "https://track.test/u/" in message["List-Unsubscribe"]
+    # Products picked by the decision service (alternatives to the cart's item, not the item).
+    assert len(delivery.product_ids) == 4 and "MSG-SKU1" not in delivery.product_ids
+    targets = _targets(html, messaging.settings.secret)
+    assert all(f"https://shop.example/p/{product}" in targets for product in delivery.product_ids)
+    assert "€" in text
+    # The same trigger on the other channels: push over HTTP, retargeting to the audience.
+    found = await deliveries(messaging, person)
+    push = await wait_for(
+        lambda: _first([p for p in receivers.posts if p[0] == "/push" and p[1]["message"]["token"] == "device-token-1"])
+    )
+    assert push[1]["message"]["notification"]["title"]
+    assert of_kind(found, pb.TRIGGER_KIND_ABANDONED_CART, pb.CHANNEL_PUSH)[0].status == pb.DELIVERY_STATUS_SENT
+
+
+def _targets(html: str, secret: str) -> list[str]:
+    """The shop URLs behind the tracked links of an email (what the click endpoint redirects to)."""
+    tokens = MessageTokens(secret.encode())
+    return [
+        tokens.read_click(token, int(time.time() * 1000)).target_url
+        for token in re.findall(r'href="https://track\.test/c/([^"]+)"', html)
+    ]
+
+
+def _first(items: list[Any]) -> Any:
+    return items[0] if items else None
+
+
+async def test_a_purchase_before_the_delay_cancels_the_abandoned_cart_email(
+    messaging: MessagingHarness, profile: ProfileHarness, smtp: SmtpReceiver
+) -> None:
+    visitor = cookie(f"msg-buyer-{uuid.uuid4().hex[:8]}")
+    email = f"buyer-{uuid.uuid4().hex[:8]}@example.com"
+    person = await reachable_person(messaging, visitor, email)
+    await profile.call("Track", profile_pb.TrackRequest(event=event(visitor, E.EVENT_TYPE_ADD_TO_CART, "MSG-SKU2")))
+    await profile.call(
+        "Track", profile_pb.TrackRequest(event=event(visitor, E.EVENT_TYPE_PURCHASE, "MSG-SKU2", order="o-1"))
+    )
+
+    async def closed() -> list[pb.Delivery]:
+        found = of_kind(await deliveries(messaging, person), pb.TRIGGER_KIND_ABANDONED_CART)
+        return [d for d in found if d.status == pb.DELIVERY_STATUS_CANCELLED]
+
+    [cancelled] = await wait_for(closed)
+    assert cancelled.reason in ("PURCHASED_SINCE", "CART_EMPTY")
+    assert smtp.to(email) == []
+
+
+async def test_nothing_reaches_a_person_who_opted_out_and_the_unsubscribe_link_works(
+    messaging: MessagingHarness, profile: ProfileHarness, smtp: SmtpReceiver
+) -> None:
+    refuser = cookie(f"msg-no-{uuid.uuid4().hex[:8]}")
+    refuser_email = f"no-{uuid.uuid4().hex[:8]}@example.com"
+    refuser_id = await reachable_person(messaging, refuser, refuser_email, consent=False)
+    await profile.call("Track", profile_pb.TrackRequest(event=event(refuser, E.EVENT_TYPE_SIGN_UP)))
+
+    async def skipped() -> list[pb.Delivery]:
+        found = of_kind(await deliveries(messaging, refuser_id), pb.TRIGGER_KIND_WELCOME)
+        return [d for d in found if d.status == pb.DELIVERY_STATUS_SKIPPED]
+
+    [skip] = await wait_for(skipped)
+    assert skip.reason == "NO_CONSENT"
+    assert smtp.to(refuser_email) == []
+
+    # A welcomed person follows the unsubscribe link (no login): consent is withdrawn.
+    member = cookie(f"msg-yes-{uuid.uuid4().hex[:8]}")
+    member_email = f"yes-{uuid.uuid4().hex[:8]}@example.com"
+    member_id = await reachable_person(messaging, member, member_email)
+    await profile.call("Track", profile_pb.TrackRequest(event=event(member, E.EVENT_TYPE_SIGN_UP)))
+    await wait_for(lambda: _first(smtp.to(member_email)))
+    [welcome] = smtp.to(member_email)
+    link = re.search(r"<(https://track\.test/u/[^>]+)>", welcome["List-Unsubscribe"])
+    assert link is not None
+    local = link.group(1).replace("https://track.test", messaging.http_url)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(local) as page:  # a link scanner's GET changes nothing
+            assert page.status == 200
+        consent = await messaging.call(
+            "GetConsent", pb.GetConsentRequest(person=pb.PersonSelector(person_id=member_id))
+        )
+        assert {c.channel: c.state for c in consent.consents}[pb.CHANNEL_EMAIL] == pb.CONSENT_STATE_GRANTED
+        async with http.post(local, data={"List-Unsubscribe": "One-Click"}) as done:
+            assert done.status == 200
+        async with http.post(local[:-3] + "xyz") as forged:
+            assert forged.status == 404
+    consent = await messaging.call("GetConsent", pb.GetConsentRequest(person=pb.PersonSelector(person_id=member_id)))
+    assert {c.channel: c.state for c in consent.consents}[pb.CHANNEL_EMAIL] == pb.CONSENT_STATE_DENIED
+
+
+async def test_opens_and_clicks_go_back_to_the_profile(
+    messaging: MessagingHarness, profile: ProfileHarness, smtp: SmtpReceiver
+) -> None:
+    visitor = cookie(f"msg-track-{uuid.uuid4().hex[:8]}")
+    email = f"track-{uuid.uuid4().hex[:8]}@example.com"
+    person = await reachable_person(messaging, visitor, email)
+    await profile.call("Track", profile_pb.TrackRequest(event=event(visitor, E.EVENT_TYPE_SIGN_UP)))
+    await wait_for(lambda: _first(smtp.to(email)))
+    html = smtp.to(email)[0].get_body(("html",)).get_content()
+    pixel = re.search(r'src="(https://track\.test/o/[^"]+)"', html)
+    click = re.search(r'href="(https://track\.test/c/[^"]+)"', html)
+    assert pixel and click
+    async with aiohttp.ClientSession() as http:
+        async with http.get(pixel.group(1).replace("https://track.test", messaging.http_url)) as image:
+            assert image.status == 200 and image.content_type == "image/gif"
+        target = click.group(1).replace("https://track.test", messaging.http_url)
+        async with http.get(target, allow_redirects=False) as redirect:
+            assert redirect.status == 302 and redirect.headers["location"].startswith("https://shop.example")
+
+    async def tracked() -> set[int]:
+        reply = await profile.call(
+            "GetProfile",
+            profile_pb.GetProfileRequest(person=profile_pb.PersonSelector(person_id=person), timeline_page_size=50),
+        )
+        kinds = {entry.type for entry in reply.timeline}
+        return kinds if {E.EVENT_TYPE_EMAIL_OPEN, E.EVENT_TYPE_EMAIL_CLICK} <= kinds else set()
+
+    await wait_for(tracked)
+
+
+async def test_an_smtp_outage_of_30_seconds_delays_the_email_but_loses_nothing(
+    messaging: MessagingHarness, smtp: SmtpReceiver
+) -> None:
+    visitor = cookie(f"msg-outage-{uuid.uuid4().hex[:8]}")
+    email = f"outage-{uuid.uuid4().hex[:8]}@example.com"
+    person = await reachable_person(messaging, visitor, email)
+    smtp.stop()
+    try:
+        reply = await messaging.call(
+            "FireTrigger",
+            pb.FireTriggerRequest(person=pb.PersonSelector(person_id=person), kind=pb.TRIGGER_KIND_WELCOME),
+        )
+        [delivery_id] = reply.delivery_ids
+
+        async def retried() -> pb.Delivery | None:
+            found = (await messaging.call("GetDelivery", pb.GetDeliveryRequest(delivery_id=delivery_id))).delivery
+            return found if found.attempts >= 2 and "unreachable" in found.last_error else None
+
+        await wait_for(retried)
+        await asyncio.sleep(30)
+    finally:
+        smtp.start()
+    started = time.monotonic()
+    await wait_for(lambda: _first(smtp.to(email)), within_s=20)
+    delivery = (await messaging.call("GetDelivery", pb.GetDeliveryRequest(delivery_id=delivery_id))).delivery
+    assert delivery.status == pb.DELIVERY_STATUS_SENT and delivery.attempts >= 3
+    assert len(smtp.to(email)) == 1
+    print(f"delivered {time.monotonic() - started:.1f} s after the SMTP server came back")
+
+
+async def test_a_permanent_refusal_is_dead_lettered_and_can_be_replayed(
+    messaging: MessagingHarness, smtp: SmtpReceiver
+) -> None:
+    visitor = cookie(f"msg-dead-{uuid.uuid4().hex[:8]}")
+    email = f"dead-{uuid.uuid4().hex[:8]}@example.com"
+    person = await reachable_person(messaging, visitor, email)
+    smtp.reject_with = "550 5.1.1 mailbox unavailable"
+    try:
+        reply = await messaging.call(
+            "FireTrigger",
+            pb.FireTriggerRequest(
+                person=pb.PersonSelector(person_id=person), kind=pb.TRIGGER_KIND_WELCOME, idempotency_key="dead-1"
+            ),
+        )
+        [delivery_id] = reply.delivery_ids
+
+        async def dead() -> bool:
+            letters = await messaging.call("ListDeadLetters", pb.ListDeadLettersRequest())
+            return any(letter.delivery_id == delivery_id for letter in letters.deliveries)
+
+        await wait_for(dead)
+        found = (await messaging.call("GetDelivery", pb.GetDeliveryRequest(delivery_id=delivery_id))).delivery
+        assert found.status == pb.DELIVERY_STATUS_DEAD and "550" in found.last_error and found.attempts == 1
+    finally:
+        smtp.reject_with = None
+    again = await messaging.call(
+        "FireTrigger",
+        pb.FireTriggerRequest(
+            person=pb.PersonSelector(person_id=person), kind=pb.TRIGGER_KIND_WELCOME, idempotency_key="dead-1"
+        ),
+    )
+    assert again.duplicate and list(again.delivery_ids) == [delivery_id]
+    await messaging.call("ReplayDeadLetter", pb.ReplayDeadLetterRequest(delivery_id=delivery_id))
+    await wait_for(lambda: _first(smtp.to(email)))
+    letters = await messaging.call("ListDeadLetters", pb.ListDeadLettersRequest())
+    assert delivery_id not in {letter.delivery_id for letter in letters.deliveries}
+
+
+async def test_daily_cap_skips_the_third_email_of_the_day(messaging: MessagingHarness, smtp: SmtpReceiver) -> None:
+    visitor = cookie(f"msg-cap-{uuid.uuid4().hex[:8]}")
+    email = f"cap-{uuid.uuid4().hex[:8]}@example.com"
+    person = await reachable_person(messaging, visitor, email)
+    ids = []
+    for index in range(3):
+        reply = await messaging.call(
+            "FireTrigger",
+            pb.FireTriggerRequest(
+                person=pb.PersonSelector(person_id=person), kind=pb.TRIGGER_KIND_WELCOME, idempotency_key=f"cap-{index}"
+            ),
+        )
+        ids += list(reply.delivery_ids)
+        await wait_for(
+            lambda i=reply.delivery_ids[0]: _closed(messaging, i)  # type: ignore[misc]
+        )
+    statuses = [(await messaging.call("GetDelivery", pb.GetDeliveryRequest(delivery_id=i))).delivery for i in ids]
+    assert [d.status for d in statuses] == [
+        pb.DELIVERY_STATUS_SENT,
+        pb.DELIVERY_STATUS_SENT,
+        pb.DELIVERY_STATUS_SKIPPED,
+    ]
+    assert statuses[2].reason == "CAPPED"
+    assert len(smtp.to(email)) == 2
+
+
+async def _closed(messaging: MessagingHarness, delivery_id: str) -> bool:
+    found = (await messaging.call("GetDelivery", pb.GetDeliveryRequest(delivery_id=delivery_id))).delivery
+    return found.status in (pb.DELIVERY_STATUS_SENT, pb.DELIVERY_STATUS_SKIPPED, pb.DELIVERY_STATUS_DEAD)
+
+
+async def test_retargeting_audience_is_synced_and_exported_hashed(
+    messaging: MessagingHarness, profile: ProfileHarness, receivers: HttpReceiver
+) -> None:
+    visitor = cookie(f"msg-ads-{uuid.uuid4().hex[:8]}")
+    email = f"Ads.{uuid.uuid4().hex[:8]}@Example.com"
+    person = await reachable_person(messaging, visitor, email, phone="+33612345678", country="FR")
+    await profile.call("Track", profile_pb.TrackRequest(event=event(visitor, E.EVENT_TYPE_ADD_TO_CART, "MSG-SKU3")))
+
+    async def synced() -> Any:
+        return _first(
+            [
+                body
+                for path, body in receivers.posts
+                if path == "/audience" and any("MSG-SKU3" in ids for ids in body.get("product_ids", []))
+            ]
+        )
+
+    body = await wait_for(synced)
+    assert body["audience"] == "rapport_abandoned_cart"
+    assert email not in json.dumps(body) and email.lower() not in json.dumps(body)
+    chunks = []
+    async for chunk in messaging.stub.ExportAudience(
+        pb.ExportAudienceRequest(kind=pb.TRIGGER_KIND_ABANDONED_CART), metadata=bearer(ADMIN_KEY)
+    ):
+        chunks.append(chunk.csv_chunk)
+    rows = list(csv.DictReader(io.StringIO("".join(chunks))))
+    expected = hashlib.sha256(email.strip().lower().encode()).hexdigest()
+    mine = [row for row in rows if row["email"] == expected]
+    assert mine and mine[0]["phone"] == hashlib.sha256(b"33612345678").hexdigest()
+    assert "@" not in "".join(chunks)
+    assert person
+
+
+async def test_rules_can_be_listed_disabled_and_bad_input_is_named(messaging: MessagingHarness) -> None:
+    rules = (await messaging.call("ListRules", pb.ListRulesRequest())).rules
+    assert {rule.kind for rule in rules} == set(range(1, 7))
+    win_back = next(rule for rule in rules if rule.kind == pb.TRIGGER_KIND_WIN_BACK)
+    assert win_back.delay_seconds == 30 * 86_400
+    disabled = await messaging.call(
+        "UpdateRule",
+        pb.UpdateRuleRequest(
+            rule=pb.Rule(kind=pb.TRIGGER_KIND_NEW_ARRIVALS, enabled=False, delay_seconds=0, channels=[pb.CHANNEL_EMAIL])
+        ),
+    )
+    assert not disabled.rule.enabled
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await messaging.call(
+            "FireTrigger",
+            pb.FireTriggerRequest(person=pb.PersonSelector(person_id="0" * 32), kind=pb.TRIGGER_KIND_NEW_ARRIVALS),
+        )
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+    cases: list[tuple[str, Any, str]] = [
+        (
+            "UpdateRule",
+            pb.UpdateRuleRequest(rule=pb.Rule(kind=pb.TRIGGER_KIND_UNSPECIFIED, channels=[pb.CHANNEL_EMAIL])),
+            "rule.kind",
+        ),
+        (
+            "UpdateRule",
+            pb.UpdateRuleRequest(
+                rule=pb.Rule(kind=pb.TRIGGER_KIND_WELCOME, delay_seconds=-1, channels=[pb.CHANNEL_EMAIL])
+            ),
+            "rule.delay_seconds",
+        ),
+        ("UpdateRule", pb.UpdateRuleRequest(rule=pb.Rule(kind=pb.TRIGGER_KIND_WELCOME)), "rule.channels"),
+        (
+            "SetContact",
+            pb.SetContactRequest(person=pb.PersonSelector(person_id="0" * 32), email="not an email"),
+            "email",
+        ),
+        (
+            "SetContact",
+            pb.SetContactRequest(person=pb.PersonSelector(person_id="0" * 32), phone="0612"),
+            "phone",
+        ),
+        ("SetContact", pb.SetContactRequest(person=pb.PersonSelector(person_id="xyz")), "person.person_id"),
+        (
+            "SetConsent",
+            pb.SetConsentRequest(person=pb.PersonSelector(person_id="0" * 32), channel=pb.CHANNEL_UNSPECIFIED),
+            "channel",
+        ),
+        ("Unsubscribe", pb.UnsubscribeRequest(token="u1.forged.token"), "token"),
+        ("GetDelivery", pb.GetDeliveryRequest(delivery_id=""), "delivery_id"),
+        ("ListDeadLetters", pb.ListDeadLettersRequest(page_size=10_000), "page_size"),
+        ("FireTrigger", pb.FireTriggerRequest(kind=pb.TRIGGER_KIND_WELCOME), "person"),
+    ]
+    for method, request, field in cases:
+        with pytest.raises(grpc.aio.AioRpcError) as bad:
+            await messaging.call(method, request)
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (method, field)
+        assert field in [violation[0] for violation in error_details(bad.value).field_violations], (method, field)
+    with pytest.raises(grpc.aio.AioRpcError) as denied:
+        await messaging.call("ListDeadLetters", pb.ListDeadLettersRequest(), key=STOREFRONT_KEY)
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await messaging.call("GetDelivery", pb.GetDeliveryRequest(delivery_id="d_nothing"))
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
