@@ -13,7 +13,7 @@ BIN := $(RAPPORT_CACHE)/bin
 PROTOS := $(shell find protos -name '*.proto')
 PYTEST_ARGS ?=
 
-.PHONY: help venv gen tools stack run stop status test test-unit lint bench-identity bench-profile chaos-profile replay eval-sessions eval-sessions-yoochoose bench-decision clean
+.PHONY: help venv gen tools stack run stop status test test-unit lint bench-identity bench-profile chaos-profile replay eval-sessions eval-sessions-yoochoose bench-decision bench-messaging clean
 
 help:
 	@echo "make run             start Redis, Cassandra and every service (prints ports and the dev API key)"
@@ -26,6 +26,7 @@ help:
 	@echo "make replay DATA=../shared/data   replay the real datasets through TrackBatch (stack running)"
 	@echo "make eval-sessions [TRAIN=… TEST=… OUT=…]   next-item HR@20 / MRR@20 (Diginetica by default)"
 	@echo "make bench-decision  ghz load on Decide with warm profiles vs the health-check floor"
+	@echo "make bench-messaging triggers fanned out to a real SMTP server, duplicates injected, a replica killed"
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
@@ -90,6 +91,9 @@ lint: venv gen
 
 bench-identity: venv gen stack tools
 	PATH=$(BIN):$$PATH PYTHONPATH=$(CURDIR):$(CURDIR)/gen $(PY) -m bench.identity_resolve
+
+bench-messaging: venv gen stack
+	PYTHONPATH=$(CURDIR):$(CURDIR)/gen $(PY) -m bench.messaging_fanout
 
 bench-profile: venv gen stack
 	PYTHONPATH=$(CURDIR):$(CURDIR)/gen $(PY) -m bench.profile_track

@@ -112,6 +112,7 @@ class SmtpReceiver:
         self.port = port or free_port()
         self.messages: list[Any] = []
         self.rcpt_delay_s = 0.0
+        self.rcpt_seen = 0
         self.reject_with: str | None = None
         self._parse: Any = lambda data: message_from_bytes(data, policy=policy.default)
         self._controller: Any = None
@@ -123,6 +124,7 @@ class SmtpReceiver:
 
         class Handler:
             async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
+                receiver.rcpt_seen += 1
                 if receiver.rcpt_delay_s:
                     await asyncio.sleep(receiver.rcpt_delay_s)
                 envelope.rcpt_tos.append(address)

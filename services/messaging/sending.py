@@ -229,42 +229,54 @@ class Sender:
         self._rng = random.Random()
 
     async def run(self) -> None:
-        work: asyncio.Queue[tuple[str, str]] = asyncio.Queue(maxsize=self._config.workers * 2)
-        workers = [asyncio.create_task(self._worker(work)) for _ in range(self._config.workers)]
+        """Read only as many entries as there are free workers: an entry waiting in a local
+        buffer would look idle to the group and be claimed a second time."""
+        free = asyncio.Semaphore(self._config.workers)
+        running: set[asyncio.Task[None]] = set()
+        last_claim = 0.0
         try:
-            last_claim = 0.0
             while True:
+                await free.acquire()
+                capacity = 1
+                while capacity < self._config.workers and not free.locked():
+                    await free.acquire()
+                    capacity += 1
+                entries: StreamEntries = []
                 try:
-                    entries: StreamEntries = []
                     if time.monotonic() - last_claim > self._config.claim_idle_ms / 2000:
-                        entries = await self._queue.claim_stale_sends(self._consumer, self._config.claim_idle_ms, 100)
                         last_claim = time.monotonic()
+                        entries = await self._queue.claim_stale_sends(
+                            self._consumer, self._config.claim_idle_ms, capacity
+                        )
                         if entries:
                             log.warning("sends_reclaimed", count=len(entries))
                     if not entries:
-                        entries = await self._queue.read_sends(self._consumer, self._config.workers, 1000)
-                    for entry_id, fields in entries:
-                        await work.put((entry_id, fields.get("d", "")))
+                        entries = await self._queue.read_sends(self._consumer, capacity, 1000)
                 except asyncio.CancelledError:
                     raise
                 except Exception:
                     log.warning("send_queue_read_failed", exc_info=True)
                     await asyncio.sleep(1.0)
+                for _ in range(capacity - len(entries)):
+                    free.release()
+                for entry_id, fields in entries:
+                    task = asyncio.create_task(self._guarded(entry_id, fields.get("d", "")))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                    task.add_done_callback(lambda _task: free.release())
         finally:
-            for worker in workers:
-                worker.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
 
-    async def _worker(self, work: asyncio.Queue[tuple[str, str]]) -> None:
-        while True:
-            entry_id, delivery_id = await work.get()
-            try:
-                await self.process(entry_id, delivery_id)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # Redis or Cassandra failed: the entry stays pending and is claimed again later.
-                log.warning("send_failed_unrecorded", delivery=delivery_id, exc_info=True)
+    async def _guarded(self, entry_id: str, delivery_id: str) -> None:
+        try:
+            await self.process(entry_id, delivery_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Redis or Cassandra failed: the entry stays pending and is claimed again later.
+            log.warning("send_failed_unrecorded", delivery=delivery_id, exc_info=True)
 
     async def process(self, entry_id: str, delivery_id: str) -> DeliveryStatus | None:
         delivery = await self._queue.copy(delivery_id)
@@ -272,6 +284,24 @@ class Sender:
             # Erased, expired, or already handled by a send whose acknowledgement was lost.
             await self._queue.finish(entry_id, delivery, None) if delivery else await self._ack_only(entry_id)
             return None
+        # One sender at a time per delivery: an entry claimed from a slow (not dead) replica
+        # waits until that replica's lease ends; a killed replica's lease simply runs out.
+        if not await self._queue.lease(delivery_id, self._consumer, self._config.claim_idle_ms):
+            return None
+        try:
+            return await self._process_leased(entry_id, delivery)
+        finally:
+            with contextlib.suppress(Exception):
+                await self._queue.release(delivery_id, self._consumer)
+
+    async def _process_leased(self, entry_id: str, delivery: Delivery) -> DeliveryStatus | None:
+        delivery_id = delivery.delivery_id
+        if not await self._queue.entry_exists(entry_id):
+            return None  # the lease's previous holder finished or rescheduled it meanwhile
+        if await self._queue.is_done(delivery_id):
+            await self._queue.finish(entry_id, delivery, None)
+            return None
+        delivery = await self._queue.copy(delivery_id) or delivery  # as the previous holder left it
         at = now_ms()
         channel = Channel[delivery.channel]
         contact = await self._store.contact(delivery.person_id) or Contact(delivery.person_id)

@@ -67,6 +67,12 @@ return #due
 """
 
 
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
 def delivery_to_json(delivery: Delivery) -> str:
     data = asdict(delivery)
     data["status"] = delivery.status.value
@@ -93,6 +99,7 @@ class MessagingQueue:
         self._copy_prefix = f"{prefix}messaging:delivery:"
         self._done_prefix = f"{prefix}messaging:done:"
         self._cap_prefix = f"{prefix}messaging:cap:"
+        self._lease_prefix = f"{prefix}messaging:lease:"
         self.due_key = f"{prefix}messaging:due"
         self.send_stream = f"{prefix}messaging:send"
         self.audience_pending = f"{prefix}messaging:audience:pending"
@@ -100,6 +107,7 @@ class MessagingQueue:
         self.profile_events = f"{prefix}profile:events"
         self._schedule = self.redis.register_script(_SCHEDULE)
         self._dispatch = self.redis.register_script(_DISPATCH)
+        self._release = self.redis.register_script(_RELEASE)
 
     async def ensure_groups(self, events_from: str = "$") -> None:
         for stream, group, start in (
@@ -165,6 +173,16 @@ class MessagingQueue:
 
     async def save_copy(self, delivery: Delivery) -> None:
         await self.redis.set(self._copy_prefix + delivery.delivery_id, delivery_to_json(delivery), ex=KEY_TTL_S)
+
+    async def lease(self, delivery_id: str, owner: str, lease_ms: int) -> bool:
+        """Exclusive right to send this delivery for `lease_ms` (dies with its holder)."""
+        return bool(await self.redis.set(self._lease_prefix + delivery_id, owner, nx=True, px=lease_ms))
+
+    async def release(self, delivery_id: str, owner: str) -> None:
+        await self._release(keys=[self._lease_prefix + delivery_id], args=[owner])
+
+    async def entry_exists(self, entry_id: str) -> bool:
+        return bool(await self.redis.xrange(self.send_stream, entry_id, entry_id))
 
     async def is_done(self, delivery_id: str) -> bool:
         return bool(await self.redis.exists(self._done_prefix + delivery_id))

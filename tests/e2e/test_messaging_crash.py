@@ -1,0 +1,128 @@
+"""Exactly one email when the messaging process is killed (-9) in the middle of sending it, for
+an abandoned-cart trigger fired three times: identity, profile, decision and messaging run as
+processes, the SMTP server is real (aiosmtpd) and holds the transaction so the kill lands in it."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from rapport.common.v1 import event_pb2
+from rapport.common.v1 import identifier_pb2 as common
+from rapport.messaging.v1 import messaging_service_pb2 as pb
+from rapport.messaging.v1 import messaging_service_pb2_grpc as pb_grpc
+from rapport.profile.v1 import profile_service_pb2 as profile_pb
+from rapport.profile.v1 import profile_service_pb2_grpc as profile_grpc
+from services.common.cassandra import CassandraClient
+from tests.e2e.conftest import start_service
+from tests.support import ADMIN_KEY, SmtpReceiver, bearer
+
+pytestmark = pytest.mark.e2e
+
+
+def wait_until(check: object, within_s: float, what: str) -> None:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_messaging_killed_mid_send_delivers_the_abandoned_cart_email_exactly_once(
+    tmp_path: Path, e2e_keyspace: str, run_id: str, cassandra_admin: CassandraClient
+) -> None:
+    keyspaces = {name: f"e2e_{name}_{run_id}" for name in ("profile", "messaging")}
+    cassandra_admin.created_keyspaces.extend(keyspaces.values())  # type: ignore[attr-defined]
+    prefix = {"RAPPORT_REDIS_PREFIX": f"e2e-messaging:{run_id}:"}
+    smtp = SmtpReceiver().start()
+    services = []
+    try:
+        identity = start_service("identity", tmp_path, {"RAPPORT_CASSANDRA_KEYSPACE": e2e_keyspace, **prefix})
+        services.append(identity)
+        peers = {"RAPPORT_IDENTITY_ADDRESS": identity.address, "RAPPORT_IDENTITY_API_KEY": ADMIN_KEY, **prefix}
+        profile = start_service("profile", tmp_path, {"RAPPORT_CASSANDRA_KEYSPACE": keyspaces["profile"], **peers})
+        services.append(profile)
+        peers |= {"RAPPORT_PROFILE_ADDRESS": profile.address, "RAPPORT_PROFILE_API_KEY": ADMIN_KEY}
+        decision = start_service("decision", tmp_path, {"RAPPORT_DECISION_SECRET": "e2e-secret", **peers})
+        services.append(decision)
+        messaging_env = {
+            "RAPPORT_CASSANDRA_KEYSPACE": keyspaces["messaging"],
+            "RAPPORT_DECISION_ADDRESS": decision.address,
+            "RAPPORT_DECISION_API_KEY": ADMIN_KEY,
+            "RAPPORT_MESSAGING_SECRET": "e2e-messaging-secret",
+            "RAPPORT_MESSAGING_HTTP_PORT": "0",
+            "RAPPORT_MESSAGING_QUIET_HOURS": "false",
+            "RAPPORT_MESSAGING_CLAIM_IDLE_MS": "1500",
+            "RAPPORT_SMTP_PORT": str(smtp.port),
+            **peers,
+        }
+        messaging = start_service("messaging", tmp_path, messaging_env)
+        services.append(messaging)
+
+        with grpc.insecure_channel(messaging.address) as channel, grpc.insecure_channel(profile.address) as tracked:
+            stub = pb_grpc.MessagingServiceStub(channel)
+            profiles = profile_grpc.ProfileServiceStub(tracked)
+            stub.UpdateRule(
+                pb.UpdateRuleRequest(
+                    rule=pb.Rule(
+                        kind=pb.TRIGGER_KIND_ABANDONED_CART, enabled=True, delay_seconds=1, channels=[pb.CHANNEL_EMAIL]
+                    )
+                ),
+                metadata=bearer(ADMIN_KEY),
+            )
+            visitor = common.Identifier(type=common.IDENTIFIER_TYPE_COOKIE, value=f"e2e-crash-{uuid.uuid4().hex[:8]}")
+            email = f"crash-{uuid.uuid4().hex[:8]}@example.com"
+            selector = pb.PersonSelector(identifier=visitor)
+            person = stub.SetContact(pb.SetContactRequest(person=selector, email=email), metadata=bearer(ADMIN_KEY))
+            stub.SetConsent(
+                pb.SetConsentRequest(person=selector, channel=pb.CHANNEL_EMAIL, state=pb.CONSENT_STATE_GRANTED),
+                metadata=bearer(ADMIN_KEY),
+            )
+            smtp.rcpt_delay_s = 30.0  # the send hangs in the SMTP transaction: the kill lands there
+            for _ in range(3):  # the same cart, three times
+                at = Timestamp()
+                at.FromMilliseconds(int(time.time() * 1000))
+                event = event_pb2.Event(
+                    event_id=uuid.uuid4().hex,
+                    type=event_pb2.EVENT_TYPE_ADD_TO_CART,
+                    event_time=at,
+                    identifier=visitor,
+                    quantity=1,
+                    product=event_pb2.ProductRef(
+                        product_id="E2E-SKU",
+                        title="Cashmere sweater",
+                        category_path=["Women", "Knitwear"],
+                        price=event_pb2.Money(currency_code="EUR", amount=129.0),
+                    ),
+                )
+                profiles.Track(profile_pb.TrackRequest(event=event), metadata=bearer(ADMIN_KEY))
+            wait_until(lambda: smtp.rcpt_seen >= 1, 30, "the send to start")
+            messaging.process.kill()
+            messaging.process.wait(10)
+            assert smtp.to(email) == []
+            smtp.rcpt_delay_s = 0.0
+        messaging = start_service("messaging", tmp_path, messaging_env)
+        services.append(messaging)
+        wait_until(lambda: len(smtp.to(email)) >= 1, 30, "the email after the restart")
+        time.sleep(3.0)  # a duplicate would arrive in this time
+        assert len(smtp.to(email)) == 1
+        with grpc.insecure_channel(messaging.address) as channel:
+            stub = pb_grpc.MessagingServiceStub(channel)
+            listed = stub.ListDeliveries(
+                pb.ListDeliveriesRequest(person=pb.PersonSelector(person_id=person.person_id)),
+                metadata=bearer(ADMIN_KEY),
+            )
+        carts = [d for d in listed.deliveries if d.kind == pb.TRIGGER_KIND_ABANDONED_CART]
+        assert len(carts) == 1 and carts[0].status == pb.DELIVERY_STATUS_SENT
+        assert smtp.to(email)[0]["Message-ID"] == f"<{carts[0].delivery_id}@rapport>"
+    finally:
+        for service in reversed(services):
+            if service.process.poll() is None:
+                service.terminate()
+        smtp.stop()
