@@ -11,6 +11,7 @@ from services.common.settings import CommonSettings, setting
 class MessagingSettings(CommonSettings):
     service_name: str = setting("RAPPORT_SERVICE_NAME", "messaging", "Name used in logs and metrics.")
     port: int = setting("RAPPORT_PORT", 50054, "gRPC port; 0 picks a free one (tests).")
+    cassandra_keyspace: str = setting("RAPPORT_CASSANDRA_KEYSPACE", "rapport_messaging", "Keyspace of messaging.")
     identity_address: str = setting(
         "RAPPORT_IDENTITY_ADDRESS", "127.0.0.1:50051", "host:port of the identity service (resolves identifiers)."
     )
