@@ -2,8 +2,9 @@
 maximum throughput of Resolve and of the no-op health Check of the same server.
 
 Last line: rps=… p50_ms=… p99_ms=… floor_ratio=…  (floor_ratio = Resolve max / Check max)
-Environment: BENCH_RPS (2000), BENCH_SECONDS (15), BENCH_WARM_IDS (1000), BENCH_CONCURRENCY (50),
-BENCH_IDENTITY_REPLICAS (1: identity processes sharing the port).
+Environment: BENCH_RPS (2000), BENCH_SECONDS (15), BENCH_WARM_IDS (1000), BENCH_CONCURRENCY (4
+ghz workers, as a storefront's small connection pool), BENCH_IDENTITY_REPLICAS (2 identity
+processes sharing the port, one per core).
 """
 
 from __future__ import annotations
@@ -66,8 +67,8 @@ def main() -> None:
     rps = int(os.environ.get("BENCH_RPS", "2000"))
     seconds = int(os.environ.get("BENCH_SECONDS", "15"))
     warm = int(os.environ.get("BENCH_WARM_IDS", "1000"))
-    concurrency = int(os.environ.get("BENCH_CONCURRENCY", "50"))
-    replica_count = int(os.environ.get("BENCH_IDENTITY_REPLICAS", "1"))
+    concurrency = int(os.environ.get("BENCH_CONCURRENCY", "4"))
+    replica_count = int(os.environ.get("BENCH_IDENTITY_REPLICAS", "2"))
     key = "rk_bench_" + secrets.token_hex(12)
     env = {
         "RAPPORT_API_KEYS": f"bench:{key}:*",

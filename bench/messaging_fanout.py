@@ -1,14 +1,17 @@
 """bench-messaging: N triggers for distinct people fanned out to a real SMTP server, with
 duplicates injected and one messaging replica killed (-9) in the middle.
 
-Real processes: identity, profile, decision (products of each email) and BENCH_MESSAGING_REPLICAS
+Every person first signs up through profile's TrackBatch (so it has a live profile, as a real
+welcome email's recipient has). Real processes: identity, profile, decision (products of each
+email) and BENCH_MESSAGING_REPLICAS
 messaging replicas sharing the Redis queue; a real aiosmtpd server in this process counts what
 arrives, by the trigger key each email carries. Every trigger is fired with one send time a
 few seconds ahead (plus BENCH_DUPLICATE_RATIO repeats of the same key), so the clock starts
 when they all fall due; half-way through the arrivals one replica is killed.
 
 Last line: emails_per_s=… duplicates=… lost=…
-Environment: BENCH_TRIGGERS (3000), BENCH_DUPLICATE_RATIO (0.2), BENCH_MESSAGING_REPLICAS (2).
+Environment: BENCH_TRIGGERS (3000), BENCH_DUPLICATE_RATIO (0.2), BENCH_MESSAGING_REPLICAS (2),
+BENCH_SENDERS (16 concurrent sends per replica), BENCH_SMTP_CONNECTIONS (8 per replica).
 """
 
 from __future__ import annotations
@@ -28,10 +31,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from bench.support import ServiceProcess, free_port, start_service
 from rapport.common.v1 import event_pb2
+from rapport.common.v1 import identifier_pb2 as common
 from rapport.decision.v1 import decision_service_pb2 as decision_pb
 from rapport.decision.v1 import decision_service_pb2_grpc as decision_grpc
 from rapport.messaging.v1 import messaging_service_pb2 as pb
 from rapport.messaging.v1 import messaging_service_pb2_grpc as pb_grpc
+from rapport.profile.v1 import profile_service_pb2 as profile_pb
+from rapport.profile.v1 import profile_service_pb2_grpc as profile_grpc
 
 LEAD_S = 8.0  # between the last fire and the common send time: every trigger is scheduled by then
 
@@ -50,6 +56,29 @@ class CountingSink:
             self.by_trigger[key] += 1
             self.arrivals.append(time.monotonic())
         return "250 OK"
+
+
+async def sign_up(profile_address: str, key: str, count: int, run: str) -> list[str]:
+    """Each person signs up on the site first (a live profile, as a real welcome email has)."""
+    metadata = (("authorization", f"Bearer {key}"),)
+    at = Timestamp()
+    at.FromMilliseconds(int(time.time() * 1000))
+    people: list[str] = []
+    async with grpc.aio.insecure_channel(profile_address) as channel:
+        stub = profile_grpc.ProfileServiceStub(channel)
+        for start in range(0, count, 500):
+            events = [
+                event_pb2.Event(
+                    event_id=f"bench-signup-{run}-{index}",
+                    type=event_pb2.EVENT_TYPE_SIGN_UP,
+                    event_time=at,
+                    identifier=common.Identifier(type=common.IDENTIFIER_TYPE_COOKIE, value=f"bench-{run}-{index}"),
+                )
+                for index in range(start, min(start + 500, count))
+            ]
+            reply = await stub.TrackBatch(profile_pb.TrackBatchRequest(events=events), metadata=metadata, timeout=60)
+            people += [result.person_id for result in reply.results]
+    return people
 
 
 async def fire_all(address: str, key: str, people: list[str], repeats: int, send_at: Timestamp) -> float:
@@ -72,7 +101,7 @@ async def fire_all(address: str, key: str, people: list[str], repeats: int, send
 
         await asyncio.gather(*(prepare(person) for person in people))
         rng = random.Random(3)
-        firings = [person for person in people] + rng.sample(people, repeats)
+        firings = [*people, *rng.sample(people, repeats)]
         rng.shuffle(firings)
         started = time.monotonic()
 
@@ -150,18 +179,18 @@ def main() -> None:
             "RAPPORT_MESSAGING_CLAIM_IDLE_MS": "3000",
             "RAPPORT_MESSAGING_FOLLOW_EVENTS": "false",
             "RAPPORT_SMTP_PORT": str(smtp_port),
-            "RAPPORT_MESSAGING_SENDERS": os.environ.get("BENCH_SENDERS", "64"),
-            "RAPPORT_SMTP_CONNECTIONS": os.environ.get("BENCH_SMTP_CONNECTIONS", "16"),
+            "RAPPORT_MESSAGING_SENDERS": os.environ.get("BENCH_SENDERS", "16"),
+            "RAPPORT_SMTP_CONNECTIONS": os.environ.get("BENCH_SMTP_CONNECTIONS", "8"),
         }
         replicas = [start_service("messaging", messaging_env) for _ in range(replica_count)]
         servers += replicas
         for replica in replicas:
             replica.wait_serving()
 
-        people = [secrets.token_hex(16) for _ in range(triggers)]
+        people = asyncio.run(sign_up(profile.address, key, triggers, run))
         repeats = int(triggers * duplicate_ratio)
         # Setting contacts and firing takes a while; the common send time is after all of it.
-        estimate_s = triggers * 3 / 1000 + LEAD_S
+        estimate_s = triggers * 6 / 1000 + LEAD_S
         send_at_wall = time.time() + estimate_s
         send_at = Timestamp()
         send_at.FromMilliseconds(int(send_at_wall * 1000))
