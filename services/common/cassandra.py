@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -177,3 +178,22 @@ async def open_cassandra(
     if schema_cql is not None:
         await asyncio.to_thread(client.apply_schema, replication, schema_cql)
     return client
+
+
+def to_datetime(ms: int) -> datetime:
+    """Epoch milliseconds as the aware datetime a Cassandra `timestamp` column takes."""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def to_datetime_or_none(ms: int) -> datetime | None:
+    """Like `to_datetime`, with 0 (never) stored as null."""
+    return to_datetime(ms) if ms > 0 else None
+
+
+def to_ms(value: datetime | None) -> int:
+    """A `timestamp` column read back (the driver returns naive UTC datetimes) as epoch ms; null is 0."""
+    if value is None:
+        return 0
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return int(value.timestamp() * 1000)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cassandra.util import uuid_from_time
 
-from services.common.cassandra import CassandraClient
+from services.common.cassandra import CassandraClient, to_datetime, to_ms
 
 SCHEMA_FILE = Path(__file__).with_name("schema.cql")
 OUTBOX_BUCKET = 0
@@ -17,21 +17,9 @@ OUTBOX_BUCKET = 0
 _UUID_EPOCH_OFFSET_100NS = 0x01B21DD213814000
 
 
-def to_datetime(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
-
-
 def timeuuid_to_ms(value: uuid.UUID) -> int:
     """Milliseconds since the epoch of a version-1 (time) UUID."""
     return (value.time - _UUID_EPOCH_OFFSET_100NS) // 10_000
-
-
-def to_ms(value: datetime | None) -> int:
-    if value is None:
-        return 0
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return int(value.timestamp() * 1000)
 
 
 @dataclass(frozen=True)

@@ -5,27 +5,15 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from services.common.cassandra import CassandraClient
+from services.common.cassandra import CassandraClient, to_datetime_or_none, to_ms
 from services.messaging.domain.delivery import Delivery, DeliveryStatus
 
 SCHEMA_FILE = Path(__file__).with_name("schema.cql")
 _DEAD_SHARD = 0
-
-
-def to_datetime(ms: int) -> datetime | None:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC) if ms > 0 else None
-
-
-def to_ms(value: datetime | None) -> int:
-    if value is None:
-        return 0
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return int(value.timestamp() * 1000)
 
 
 @dataclass(frozen=True)
@@ -78,6 +66,11 @@ def _delivery(row: dict[str, Any]) -> Delivery:
     )
 
 
+def _dead_at(delivery: Delivery) -> datetime | None:
+    """The dead-letter row's clustering time (stable for a delivery, so it can be removed)."""
+    return to_datetime_or_none(max(delivery.due_at_ms, delivery.created_at_ms))
+
+
 class MessagingStore:
     def __init__(self, db: CassandraClient) -> None:
         self._db = db
@@ -114,7 +107,7 @@ class MessagingStore:
         assignments = f"{assignments}, updated_at = ?" if assignments else "updated_at = ?"
         await self._db.execute(
             f"UPDATE {{keyspace}}.contact SET {assignments} WHERE person_id = ?",
-            [*fields.values(), to_datetime(at_ms), contact.person_id],
+            [*fields.values(), to_datetime_or_none(at_ms), contact.person_id],
         )
 
     async def consents(self, person_id: str) -> dict[str, tuple[str, int]]:
@@ -126,7 +119,7 @@ class MessagingStore:
     async def set_consent(self, person_id: str, channel: str, state: str, at_ms: int) -> None:
         await self._db.execute(
             "INSERT INTO {keyspace}.consent (person_id, channel, state, updated_at) VALUES (?, ?, ?, ?)",
-            [person_id, channel, state, to_datetime(at_ms)],
+            [person_id, channel, state, to_datetime_or_none(at_ms)],
         )
 
     # rules
@@ -159,9 +152,9 @@ class MessagingStore:
                     delivery.reason,
                     delivery.attempts,
                     delivery.last_error,
-                    to_datetime(delivery.created_at_ms),
-                    to_datetime(delivery.due_at_ms),
-                    to_datetime(delivery.sent_at_ms),
+                    to_datetime_or_none(delivery.created_at_ms),
+                    to_datetime_or_none(delivery.due_at_ms),
+                    to_datetime_or_none(delivery.sent_at_ms),
                     delivery.idempotency_key,
                     delivery.trigger_data,
                     list(delivery.product_ids),
@@ -173,12 +166,12 @@ class MessagingStore:
         if new:
             await self._db.execute(
                 "INSERT INTO {keyspace}.delivery_by_person (person_id, created_at, delivery_id) VALUES (?, ?, ?)",
-                [delivery.person_id, to_datetime(delivery.created_at_ms), delivery.delivery_id],
+                [delivery.person_id, to_datetime_or_none(delivery.created_at_ms), delivery.delivery_id],
             )
         if delivery.status is DeliveryStatus.DEAD:
             await self._db.execute(
                 "INSERT INTO {keyspace}.dead_letter (shard, dead_at, delivery_id) VALUES (?, ?, ?)",
-                [_DEAD_SHARD, to_datetime(max(delivery.due_at_ms, delivery.created_at_ms)), delivery.delivery_id],
+                [_DEAD_SHARD, _dead_at(delivery), delivery.delivery_id],
             )
 
     async def delivery(self, delivery_id: str) -> Delivery | None:
@@ -202,7 +195,7 @@ class MessagingStore:
     async def remove_dead_letter(self, delivery: Delivery) -> None:
         await self._db.execute(
             "DELETE FROM {keyspace}.dead_letter WHERE shard = ? AND dead_at = ? AND delivery_id = ?",
-            [_DEAD_SHARD, to_datetime(max(delivery.due_at_ms, delivery.created_at_ms)), delivery.delivery_id],
+            [_DEAD_SHARD, _dead_at(delivery), delivery.delivery_id],
         )
 
     # audience
@@ -218,7 +211,7 @@ class MessagingStore:
                 member.madid,
                 member.country,
                 list(member.product_ids),
-                to_datetime(at_ms),
+                to_datetime_or_none(at_ms),
             ],
         )
 
