@@ -13,7 +13,7 @@ BIN := $(RAPPORT_CACHE)/bin
 PROTOS := $(shell find protos -name '*.proto')
 PYTEST_ARGS ?=
 
-.PHONY: help venv gen tools stack run stop status test test-unit lint bench-identity bench-profile chaos-profile replay eval-sessions eval-sessions-yoochoose bench-decision bench-messaging clean
+.PHONY: help venv gen tools stack run stop status test test-unit lint bench-identity bench-profile chaos-profile replay eval-sessions eval-sessions-yoochoose bench-decision bench-messaging k8s-validate clean
 
 help:
 	@echo "make run             start Redis, Cassandra and every service (prints ports and the dev API key)"
@@ -26,6 +26,7 @@ help:
 	@echo "make replay DATA=../shared/data   replay the real datasets through TrackBatch (stack running)"
 	@echo "make eval-sessions [TRAIN=… TEST=… OUT=…]   next-item HR@20 / MRR@20 (Diginetica by default)"
 	@echo "make bench-decision  ghz load on Decide with warm profiles vs the health-check floor"
+	@echo "make k8s-validate    render every Kustomize overlay and validate it offline (kubeconform -strict + project rules)"
 	@echo "make bench-messaging triggers fanned out to a real SMTP server, duplicates injected, a replica killed"
 
 $(VENV)/.installed: pyproject.toml
@@ -77,7 +78,7 @@ status:
 	-scripts/cassandra.sh status
 	-scripts/redis.sh status
 
-test: venv gen stack tools lint
+test: venv gen stack tools lint k8s-validate
 	PATH=$(BIN):$$PATH $(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: venv gen
@@ -86,11 +87,14 @@ test-unit: venv gen
 lint: venv gen
 	scripts/tools.sh buf
 	$(BIN)/buf lint
-	$(VENV)/bin/ruff check services tests bench
-	$(VENV)/bin/mypy services tests bench
+	$(VENV)/bin/ruff check services tests bench deploy
+	$(VENV)/bin/mypy services tests bench deploy
 
 bench-identity: venv gen stack tools
 	PATH=$(BIN):$$PATH PYTHONPATH=$(CURDIR):$(CURDIR)/gen $(PY) -m bench.identity_resolve
+
+k8s-validate:
+	scripts/k8s-validate.sh
 
 bench-messaging: venv gen stack
 	PYTHONPATH=$(CURDIR):$(CURDIR)/gen $(PY) -m bench.messaging_fanout

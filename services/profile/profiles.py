@@ -15,11 +15,11 @@ one (a late mobile batch) makes the state be rebuilt from the log, in time order
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
 
+import orjson
 import structlog
 
 from rapport.common.v1 import event_pb2, identifier_pb2
@@ -86,7 +86,7 @@ def stream_entry(person_id: str, event: TrackedEvent) -> str:
         entry["country"] = event.context.country
     if event.message_id:
         entry["message"] = event.message_id
-    return json.dumps(entry, separators=(",", ":"))
+    return orjson.dumps(entry).decode()
 
 
 class Profiles:

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 
 from services.common.redis import RedisClient, delete_stream_entries
@@ -79,8 +80,8 @@ class RedisProfileState:
         for person_id, (revision, data, attributes) in zip(person_ids, replies, strict=True):
             loaded[person_id] = StoredState(
                 revision or "0",
-                json.loads(data) if data else None,
-                json.loads(attributes) if attributes else None,
+                orjson.loads(data) if data else None,
+                orjson.loads(attributes) if attributes else None,
             )
         return loaded
 
@@ -92,8 +93,8 @@ class RedisProfileState:
                     keys=[self._state_prefix + write.person_id, self.event_stream],
                     args=[
                         write.expected_revision,
-                        json.dumps(write.data, separators=(",", ":")),
-                        json.dumps(dict(write.attributes), separators=(",", ":")),
+                        orjson.dumps(write.data, option=orjson.OPT_NON_STR_KEYS),
+                        orjson.dumps(dict(write.attributes)),
                         self._state_ttl_s,
                         EVENT_STREAM_MAX_LEN,
                         *write.published_events,
