@@ -13,7 +13,7 @@ BIN := $(RAPPORT_CACHE)/bin
 PROTOS := $(shell find protos -name '*.proto')
 PYTEST_ARGS ?=
 
-.PHONY: help venv gen tools stack run stop status test test-unit lint bench-identity bench-profile chaos-profile replay eval-sessions eval-sessions-yoochoose bench-decision bench-messaging k8s-validate clean
+.PHONY: help venv gen tools stack run stop status test test-unit lint bench-identity bench-profile chaos-profile replay eval-sessions eval-sessions-yoochoose bench-decision bench-messaging k8s-validate demo clean
 
 help:
 	@echo "make run             start Redis, Cassandra and every service (prints ports and the dev API key)"
@@ -26,6 +26,7 @@ help:
 	@echo "make replay DATA=../shared/data   replay the real datasets through TrackBatch (stack running)"
 	@echo "make eval-sessions [TRAIN=… TEST=… OUT=…]   next-item HR@20 / MRR@20 (Diginetica by default)"
 	@echo "make bench-decision  ghz load on Decide with warm profiles vs the health-check floor"
+	@echo "make demo            (stack up) replay real data, narrate a few visitors' visits and an abandoned-cart email"
 	@echo "make k8s-validate    render every Kustomize overlay and validate it offline (kubeconform -strict + project rules)"
 	@echo "make bench-messaging triggers fanned out to a real SMTP server, duplicates injected, a replica killed"
 
@@ -87,11 +88,15 @@ test-unit: venv gen
 lint: venv gen
 	scripts/tools.sh buf
 	$(BIN)/buf lint
-	$(VENV)/bin/ruff check services tests bench deploy
-	$(VENV)/bin/mypy services tests bench deploy
+	$(VENV)/bin/ruff check services tests bench deploy demo
+	$(VENV)/bin/mypy services tests bench deploy demo
 
 bench-identity: venv gen stack tools
 	PATH=$(BIN):$$PATH PYTHONPATH=$(CURDIR):$(CURDIR)/gen $(PY) -m bench.identity_resolve
+
+# With the stack up (make run): real data through every service, visitors' visits narrated.
+demo: venv gen
+	PYTHONPATH=$(CURDIR):$(CURDIR)/gen $(PY) -m demo.storefront --data $(DATA)
 
 k8s-validate:
 	scripts/k8s-validate.sh

@@ -31,7 +31,7 @@ from rapport.common.v1 import identifier_pb2
 from services.common.identity_client import IdentityClient
 from services.messaging.adapters.cassandra_store import Contact, MessagingStore, StoredAudienceMember
 from services.messaging.adapters.channels import HttpSender, SendError, SmtpSender
-from services.messaging.adapters.peers import DecisionClient, Picks
+from services.messaging.adapters.peers import DecisionClient, Pick, Picks
 from services.messaging.adapters.redis_queue import MessagingQueue, StreamEntries
 from services.messaging.domain.audiences import AudienceMember, hash_email, hash_phone, sync_batches
 from services.messaging.domain.delivery import Delivery, DeliveryStatus
@@ -59,6 +59,7 @@ from services.messaging.domain.triggers import (
     PersonFacts,
     ProfileEventSummary,
     TriggerInstance,
+    TriggerKind,
     person_facts,
     still_due,
     triggers_for_event,
@@ -110,6 +111,17 @@ class PersonReader:
         if live is None:
             return PersonFacts(person_id, has_email=has_email, has_push_token=has_push)
         return person_facts(live.state, at_ms, has_email=has_email, has_push_token=has_push)
+
+
+    async def cart(self, person_id: str) -> list[Pick]:
+        """The lines of the person's cart as the live profile holds them (titles, prices)."""
+        live = await self._profiles.read(person_id)
+        if live is None:
+            return []
+        return [
+            Pick(product_id, line.title or product_id, line.price, line.currency or "EUR", "IN_CART")
+            for product_id, line in live.state.cart.items()
+        ]
 
 
 class TriggerIntake:
@@ -405,6 +417,11 @@ class Sender:
         return [pick.product_id for pick in picks.items]
 
     async def _picks(self, delivery: Delivery, instance: TriggerInstance, language: str) -> Picks:
+        if instance.kind is TriggerKind.ABANDONED_CART:
+            # The email shows what was left in the cart (its heading says so), not alternatives.
+            in_cart = await self._people.cart(delivery.person_id)
+            if in_cart:
+                return Picks("", in_cart[:PRODUCTS_PER_MESSAGE], "", "")
         try:
             return await self._decision.picks(
                 delivery.person_id,
@@ -430,7 +447,7 @@ class Sender:
                 )
                 for pick in picks.items
             ),
-            cta_url=f"{shop.url}/cart" if instance.kind.name == "ABANDONED_CART" else shop.url,
+            cta_url=f"{shop.url}/cart" if instance.kind is TriggerKind.ABANDONED_CART else shop.url,
             unsubscribe_url=unsubscribe,
             open_pixel_url=self._url("o", self._tokens.open(Open(delivery.delivery_id))) + ".gif",
             category=instance.category,
