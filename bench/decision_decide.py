@@ -19,7 +19,7 @@ import uuid
 import grpc
 
 from bench.identity_resolve import CHECK, ghz, latency_ms
-from bench.support import ServiceProcess, start_service
+from bench.support import ServiceProcess, forget_prefix, start_service
 from rapport.common.v1 import event_pb2
 from rapport.common.v1 import identifier_pb2 as common
 from rapport.decision.v1 import decision_service_pb2 as pb
@@ -194,6 +194,7 @@ def main() -> None:
     finally:
         for server in reversed(servers):
             server.stop()
+        forget_prefix(common_env["RAPPORT_REDIS_PREFIX"])
 
 
 if __name__ == "__main__":

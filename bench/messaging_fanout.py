@@ -26,11 +26,10 @@ from collections import Counter
 from typing import Any
 
 import grpc
-import redis
 from aiosmtpd.controller import Controller
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from bench.support import ServiceProcess, free_port, start_service
+from bench.support import ServiceProcess, forget_prefix, free_port, start_service
 from rapport.common.v1 import event_pb2
 from rapport.common.v1 import identifier_pb2 as common
 from rapport.decision.v1 import decision_service_pb2 as decision_pb
@@ -228,19 +227,6 @@ def main() -> None:
                 server.stop()
         controller.stop()
         forget_prefix(common_env["RAPPORT_REDIS_PREFIX"])
-
-
-def forget_prefix(prefix: str) -> None:
-    """Each run has its own Redis prefix: leave nothing of it behind in the shared dev Redis."""
-    client = redis.Redis.from_url(os.environ.get("RAPPORT_REDIS_URL", "redis://127.0.0.1:6379/0"))
-    batch: list[bytes] = []
-    for key in client.scan_iter(match=f"{prefix}*", count=1000):
-        batch.append(key)
-        if len(batch) >= 1000:
-            client.delete(*batch)
-            batch = []
-    if batch:
-        client.delete(*batch)
 
 
 if __name__ == "__main__":

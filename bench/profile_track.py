@@ -23,7 +23,7 @@ import uuid
 
 import grpc
 
-from bench.support import ServiceProcess, start_service
+from bench.support import ServiceProcess, forget_prefix, start_service
 from rapport.common.v1 import event_pb2
 from rapport.common.v1 import identifier_pb2 as common
 from rapport.identity.v1 import identity_service_pb2 as identity_pb
@@ -205,6 +205,7 @@ async def main() -> None:
         if profile is not None:
             profile.stop()
         identity.stop()
+        forget_prefix(common_env["RAPPORT_REDIS_PREFIX"])
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,3 +77,17 @@ def start_service(name: str, env: dict[str, str], port: int | None = None) -> Se
         stderr=subprocess.STDOUT,
     )
     return ServiceProcess(name, port, process, log.name)
+
+
+def forget_prefix(prefix: str) -> None:
+    """A bench run has its own Redis prefix: leave nothing of it behind in the shared dev Redis
+    (left there, each run's states and streams grow Redis and slow the next runs down)."""
+    client = redis.Redis.from_url(os.environ.get("RAPPORT_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    batch: list[bytes] = []
+    for key in client.scan_iter(match=f"{prefix}*", count=1000):
+        batch.append(key)
+        if len(batch) >= 1000:
+            client.delete(*batch)
+            batch = []
+    if batch:
+        client.delete(*batch)

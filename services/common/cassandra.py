@@ -1,10 +1,12 @@
 """Async access to Cassandra over cassandra-driver: awaitable execute, prepared statements once,
-per-call timeouts from the request budget, idempotent schema application."""
+per-call timeouts from the request budget, latency per statement kind, idempotent schema
+application."""
 
 from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -17,6 +19,7 @@ from cassandra.query import BatchStatement, BatchType, PreparedStatement, dict_f
 
 from services.common import deadlines
 from services.common.errors import Unavailable
+from services.common.metrics import CassandraMetrics, StatementKind, serial_kind, statement_kind
 
 log = structlog.get_logger("rapport.cassandra")
 
@@ -43,6 +46,8 @@ class CassandraClient:
         self.cluster = cluster
         self.keyspace = keyspace
         self._prepared: dict[str, PreparedStatement] = {}
+        self._kinds: dict[str, StatementKind] = {}
+        self.metrics = CassandraMetrics()
 
     @classmethod
     def connect(
@@ -87,6 +92,7 @@ class CassandraClient:
         if statement is None:
             statement = self.session.prepare(cql.format(keyspace=self.keyspace))
             self._prepared[cql] = statement
+            self._kinds[cql] = statement_kind(cql)
         return statement
 
     async def execute(
@@ -102,21 +108,30 @@ class CassandraClient:
         `serial_read` reads at LOCAL_SERIAL, which also sees in-flight lightweight transactions.
         """
         statement = self.prepare(cql)
+        kind = self._kinds[cql]
         if serial_read:
             statement = statement.bind(parameters or ())
             statement.consistency_level = ConsistencyLevel.LOCAL_SERIAL
             parameters = None
-        return await self._run(statement, parameters, timeout_s)
+            kind = serial_kind(kind)
+        return await self._run(statement, parameters, timeout_s, kind)
 
     async def _run(
-        self, statement: Any, parameters: Sequence[Any] | None, timeout_s: float | None
+        self,
+        statement: Any,
+        parameters: Sequence[Any] | None,
+        timeout_s: float | None,
+        kind: StatementKind | None,
     ) -> list[dict[str, Any]]:
+        """Execute and await; timed under `kind` (None: not timed, e.g. the health probe)."""
         budget = timeout_s if timeout_s is not None else deadlines.remaining_s()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
+        started = time.perf_counter()
         try:
             response = self.session.execute_async(statement, parameters, timeout=budget)
         except (NoHostAvailable, DriverException) as error:
+            self._count_error(kind, error)
             raise Unavailable(f"Cassandra is unreachable: {type(error).__name__}") from error
         response.add_callbacks(
             lambda rows: loop.call_soon_threadsafe(_resolve_future, future, rows),
@@ -125,8 +140,19 @@ class CassandraClient:
         try:
             rows = await future
         except (NoHostAvailable, DriverException) as error:
+            self._count_error(kind, error)
             raise Unavailable(f"Cassandra did not answer in time: {type(error).__name__}") from error
+        except Exception as error:
+            self._count_error(kind, error)
+            raise
+        finally:  # failures and calls cut short by their deadline are timed too
+            if kind is not None:
+                self.metrics.observe(kind, time.perf_counter() - started)
         return list(rows or ())
+
+    def _count_error(self, kind: StatementKind | None, error: BaseException) -> None:
+        if kind is not None:
+            self.metrics.failed(kind, error)
 
     async def execute_batch(
         self, statements: Sequence[tuple[str, Sequence[Any]]], timeout_s: float | None = None
@@ -134,9 +160,11 @@ class CassandraClient:
         """Write several statements as one UNLOGGED batch (meant for rows of one partition, which
         Cassandra applies as a single mutation)."""
         batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+        conditional = False
         for cql, parameters in statements:
             batch.add(self.prepare(cql), parameters)
-        await self._run(batch, None, timeout_s)
+            conditional = conditional or self._kinds[cql][1] == "yes"
+        await self._run(batch, None, timeout_s, ("BATCH", "yes" if conditional else "no"))
 
     async def execute_lwt(self, cql: str, parameters: Sequence[Any]) -> tuple[bool, dict[str, Any]]:
         """Run a lightweight transaction; (applied, current row as Cassandra returned it)."""
@@ -145,7 +173,8 @@ class CassandraClient:
         return bool(row.get("[applied]")), row
 
     async def ping(self, timeout_s: float) -> None:
-        await self.execute("SELECT release_version FROM system.local", timeout_s=timeout_s)
+        # Not timed: probes every few seconds would drown the SELECTs the service makes.
+        await self._run(self.prepare("SELECT release_version FROM system.local"), None, timeout_s, None)
 
     async def close(self) -> None:
         await asyncio.to_thread(self.cluster.shutdown)

@@ -18,10 +18,12 @@ from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.registry import Collector
 
 from services.common.auth import ApiKeyRegistry
 from services.common.cassandra import CassandraClient, open_cassandra
 from services.common.interceptors import InterceptorConfig, RapportServerInterceptor, RpcMetrics
+from services.common.metrics import MetricGroup
 from services.common.redis import RedisClient
 from services.common.settings import CommonSettings
 
@@ -51,6 +53,18 @@ class ServiceRegistration:
     on_close: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=list)
     # Other listeners the service opened (e.g. messaging's tracking HTTP endpoint), by name.
     http_ports: dict[str, int] = field(default_factory=dict)
+    # Prometheus collectors served on the service's /metrics besides the RPC metrics. The store
+    # clients among `probes` (Redis, Cassandra) bring their own metrics: no need to list them.
+    collectors: Sequence[Collector] = field(default_factory=list)
+
+    def metric_collectors(self) -> list[Collector]:
+        """`collectors`, then the metrics of every probe that has some, each once."""
+        found = list(self.collectors)
+        for probe in self.probes:
+            metrics = getattr(probe, "metrics", None)
+            if isinstance(metrics, MetricGroup) and all(metrics is not seen for seen in found):
+                found.append(metrics)
+        return found
 
 
 class _MethodAwarePool:
@@ -177,6 +191,8 @@ async def create_server(settings: CommonSettings, registration: ServiceRegistrat
         api_keys,
         RpcMetrics(settings.service_name, metrics_registry),
     )
+    for collector in registration.metric_collectors():
+        metrics_registry.register(collector)
     server = grpc.aio.server(
         interceptors=[interceptor],
         options=[

@@ -27,6 +27,7 @@ from services.decision.domain.recommenders import AffinityPicks, CoPurchase, New
 from services.decision.domain.situations import SituationRules
 from services.decision.domain.strategies import Recommenders
 from services.decision.learning import Learner, Models
+from services.decision.metrics import DecisionMetrics
 from services.decision.server import ERROR_DOMAIN, METHOD_SCOPES, SERVICE_NAME, DecisionServicer
 from services.decision.settings import DecisionSettings
 from services.profile.reader import ProfileReader
@@ -80,6 +81,7 @@ async def build_decision(settings: DecisionSettings) -> ServiceRegistration:
             default_language=settings.language,
         ),
         DecisionConfig(),
+        DecisionMetrics(),
     )
     configuration = ConfigurationAdmin(store, decider)
     learner = Learner(
@@ -111,4 +113,5 @@ async def build_decision(settings: DecisionSettings) -> ServiceRegistration:
         error_domain=ERROR_DOMAIN,
         probes=[],
         on_close=[close],
+        collectors=[decider.metrics, redis.metrics],
     )

@@ -35,6 +35,7 @@ from services.decision.domain.situations import (
 )
 from services.decision.domain.strategies import FOLLOWER_WEIGHTS, Page, Recommenders, candidates
 from services.decision.domain.visitor import Visitor, visitor_from_profile
+from services.decision.metrics import DecisionMetrics
 from services.profile.reader import ProfileReader
 
 log = structlog.get_logger("rapport.decision")
@@ -156,6 +157,7 @@ class Decider:
         ids: DecisionIds,
         rules: DecisionRules,
         config: DecisionConfig,
+        metrics: DecisionMetrics | None = None,
     ) -> None:
         self._store = store
         self._reader = reader
@@ -167,6 +169,7 @@ class Decider:
         self._bandit_cache = _BanditCache()
         self._rng = np.random.default_rng()
         self._background: set[asyncio.Task[None]] = set()
+        self.metrics = metrics or DecisionMetrics()
 
     # ------------------------------------------------------------------ Decide
     async def decide(self, query: DecideQuery) -> Decision:
@@ -281,6 +284,7 @@ class Decider:
         decision_id = self._ids.issue(
             DecisionRecord(person_id, situation_name, situation_key, lead.name, experiment_id, arm, now_ms, new_nonce())
         )
+        self.metrics.decided(query.placement, degraded)
         return Decision(
             decision_id,
             person_id,
@@ -365,4 +369,7 @@ class Decider:
                     bandit_updates.append((key, f"{record.lead_strategy}:s", successes))
         experiment_updates = [(record.experiment_id, f"{record.arm}:{kind}", 1)] if record.experiment_id else []
         # One count per decision and kind: a second click on the same answer is not a second success.
-        return await self._store.count_feedback(f"{decision_id}:{kind}", bandit_updates, experiment_updates)
+        counted = await self._store.count_feedback(f"{decision_id}:{kind}", bandit_updates, experiment_updates)
+        if counted:
+            self.metrics.feedback(kind, record.lead_strategy)
+        return counted

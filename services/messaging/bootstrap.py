@@ -18,6 +18,7 @@ from services.messaging.domain.retry import RetryPolicy
 from services.messaging.domain.templates import Shop
 from services.messaging.domain.tokens import MessageTokens
 from services.messaging.messaging import Messaging, RuleCatalog
+from services.messaging.metrics import DeliveryMetrics, QueueDepths
 from services.messaging.sending import (
     AudienceSync,
     Dispatcher,
@@ -88,6 +89,7 @@ async def build_messaging(settings: MessagingSettings) -> ServiceRegistration:
             policy=send_policy(settings.quiet_start, settings.quiet_end, settings.quiet_hours),
         ),
         consumer,
+        metrics=DeliveryMetrics(),
     )
     tracking = TrackingEndpoint(messaging, tokens, identity, tracker)
     runner, http_port = await start_tracking(tracking, settings.host, settings.http_port)
@@ -123,4 +125,5 @@ async def build_messaging(settings: MessagingSettings) -> ServiceRegistration:
         probes=[redis, cassandra],
         on_close=[close],
         http_ports={"tracking": http_port},
+        collectors=[sender.metrics, QueueDepths(queue, asyncio.get_running_loop())],
     )

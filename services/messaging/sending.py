@@ -65,6 +65,7 @@ from services.messaging.domain.triggers import (
     triggers_for_event,
 )
 from services.messaging.messaging import Messaging, RuleCatalog, instance_from_json, is_fired
+from services.messaging.metrics import DeliveryMetrics
 from services.profile.reader import ProfileReader
 
 log = structlog.get_logger("rapport.messaging")
@@ -111,7 +112,6 @@ class PersonReader:
         if live is None:
             return PersonFacts(person_id, has_email=has_email, has_push_token=has_push)
         return person_facts(live.state, at_ms, has_email=has_email, has_push_token=has_push)
-
 
     async def cart(self, person_id: str) -> list[Pick]:
         """The lines of the person's cart as the live profile holds them (titles, prices)."""
@@ -225,6 +225,7 @@ class Sender:
         config: SenderConfig,
         consumer: str,
         templates: jinja2.Environment | None = None,
+        metrics: DeliveryMetrics | None = None,
     ) -> None:
         self._queue = queue
         self._store = store
@@ -239,6 +240,7 @@ class Sender:
         self._consumer = consumer
         self._templates = templates or create_environment()
         self._rng = random.Random()
+        self.metrics = metrics or DeliveryMetrics()
 
     async def run(self) -> None:
         """Read only as many entries as there are free workers: an entry waiting in a local
@@ -377,6 +379,7 @@ class Sender:
 
     async def _close(self, entry_id: str, delivery: Delivery, cap_key: str | None = None) -> DeliveryStatus:
         await self._queue.finish(entry_id, delivery, cap_key)
+        self.metrics.finished(delivery)
         try:
             await self._store.save_delivery(delivery)
         except Exception:

@@ -22,7 +22,7 @@ from tests.integration.conftest import (
     decision_settings,
     running_decision,
 )
-from tests.support import STOREFRONT_KEY, error_details, private_redis
+from tests.support import STOREFRONT_KEY, error_details, private_redis, scrape_metrics
 
 pytestmark = pytest.mark.integration
 
@@ -339,6 +339,8 @@ async def test_feedback_counts_once_and_experiments_report_per_arm(
         ),
     )
     arms: dict[str, int] = {}
+    strategies: dict[str, int] = {}  # lead strategy -> clicks in the bandit arm
+    before = await scrape_metrics(decision.running.metrics_port)
     for _ in range(40):
         reply = await decision.call(
             "Decide",
@@ -350,6 +352,8 @@ async def test_feedback_counts_once_and_experiments_report_per_arm(
             "Feedback", pb.FeedbackRequest(decision_id=reply.decision_id, kind=pb.FEEDBACK_KIND_IMPRESSION)
         )
         if reply.experiment_arm == "bandit":
+            strategy = pb.Strategy.Name(reply.lead_strategy).removeprefix("STRATEGY_")
+            strategies[strategy] = strategies.get(strategy, 0) + 1
             click = pb.FeedbackRequest(decision_id=reply.decision_id, kind=pb.FEEDBACK_KIND_CLICK, product_id="x")
             assert (await decision.call("Feedback", click)).counted
             assert not (await decision.call("Feedback", click)).counted  # the same click again
@@ -366,6 +370,19 @@ async def test_feedback_counts_once_and_experiments_report_per_arm(
     assert by_arm["bandit"].conversions == arms["bandit"]
     assert by_arm["bandit"].conversion_rate == pytest.approx(1.0)
     assert by_arm["bandit"].difference_low > 0  # clicks only in the bandit arm: a clear difference
+
+    # The dashboard's degraded ratio and click-through per strategy (each click counted once).
+    after = await scrape_metrics(decision.running.metrics_port)
+
+    def added(series: str) -> float:
+        return after.get(series, 0.0) - before.get(series, 0.0)
+
+    cart = 'rapport_decision_decisions_total{{degraded="{}",placement="CART"}}'
+    assert added(cart.format("no")) + added(cart.format("yes")) == 40
+    for strategy, clicks in strategies.items():
+        assert added(f'rapport_decision_feedback_total{{kind="CLICK",strategy="{strategy}"}}') == clicks
+    assert sum(added(s) for s in after if s.startswith('rapport_decision_feedback_total{kind="IMPRESSION"')) == 40
+    assert added('rapport_redis_command_duration_seconds_count{command="MULTI"}') > 0  # feedback counts
 
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await decision.call("Feedback", pb.FeedbackRequest(decision_id="d1.forged.sig", kind=pb.FEEDBACK_KIND_CLICK))
@@ -415,3 +432,8 @@ async def test_without_redis_decide_answers_degraded_from_memory(
             assert time.monotonic() - started < 0.5
             assert reply.degraded and reply.degraded_reasons
             assert [item.product_id for item in reply.items] == ["o-0", "o-1"]  # trending, from memory
+            metrics = await scrape_metrics(harness.running.metrics_port)
+            assert metrics['rapport_decision_decisions_total{degraded="yes",placement="HOME"}'] >= 1
+            for reason in reply.degraded_reasons:
+                assert metrics[f'rapport_decision_degraded_reasons_total{{reason="{reason}"}}'] >= 1
+            assert any(s.startswith("rapport_redis_command_errors_total{") for s in metrics)

@@ -305,3 +305,6 @@ async def test_metrics_count_rpcs_by_method_and_code(identity: IdentityHarness) 
         'rapport_rpc_total{code="OK",method="/rapport.identity.v1.IdentityService/Resolve",service="identity"}' in body
     )
     assert "rapport_rpc_duration_seconds_bucket" in body
+    # A first sight claims the identifier with an LWT, and caches it in Redis.
+    assert 'rapport_cassandra_query_duration_seconds_count{lwt="yes",statement="INSERT"}' in body
+    assert "rapport_redis_command_duration_seconds_count{" in body

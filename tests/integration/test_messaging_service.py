@@ -36,7 +36,7 @@ from tests.integration.conftest import (
     messaging_settings,
     running_messaging,
 )
-from tests.support import ADMIN_KEY, STOREFRONT_KEY, SmtpReceiver, bearer, error_details
+from tests.support import ADMIN_KEY, STOREFRONT_KEY, SmtpReceiver, bearer, error_details, scrape_metrics
 
 pytestmark = pytest.mark.integration
 E = event_pb2.EventType
@@ -407,6 +407,8 @@ async def test_daily_cap_skips_the_third_email_of_the_day(messaging: MessagingHa
     email = f"cap-{uuid.uuid4().hex[:8]}@example.com"
     person = await reachable_person(messaging, visitor, email)
     ids = []
+    welcome = 'rapport_messaging_deliveries_total{{channel="EMAIL",reason="{}",status="{}",trigger="WELCOME"}}'
+    before = await scrape_metrics(messaging.running.metrics_port)
     for index in range(3):
         reply = await messaging.call(
             "FireTrigger",
@@ -426,6 +428,14 @@ async def test_daily_cap_skips_the_third_email_of_the_day(messaging: MessagingHa
     ]
     assert statuses[2].reason == "CAPPED"
     assert len(smtp.to(email)) == 2
+    # Outcomes, queue depths (read from Redis at scrape time) and store latency on /metrics.
+    after = await scrape_metrics(messaging.running.metrics_port)
+    for series, count in ((welcome.format("", "SENT"), 2), (welcome.format("CAPPED", "SKIPPED"), 1)):
+        assert after.get(series, 0) - before.get(series, 0) >= count, series
+    for queue in ("scheduled", "send_queued", "send_in_flight", "audience_pending", "audience_in_flight"):
+        assert after[f'rapport_messaging_queue_depth{{queue="{queue}"}}'] >= 0
+    assert after['rapport_cassandra_query_duration_seconds_count{lwt="no",statement="SELECT"}'] > 0
+    assert after['rapport_redis_command_duration_seconds_count{command="MULTI"}'] > 0  # finish() is a transaction
 
 
 async def _closed(messaging: MessagingHarness, delivery_id: str) -> bool:

@@ -236,6 +236,35 @@ class MessagingQueue:
         in_flight = sum(int(group.get("pending", 0)) + int(group.get("lag") or 0) for group in groups)
         return int(scheduled), in_flight
 
+    async def depths(self) -> dict[str, int]:
+        """The size of each queue of the pipeline, in one round trip (metrics)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(self.due_key)
+            pipe.xlen(self.send_stream)
+            pipe.xinfo_groups(self.send_stream)
+            pipe.llen(self.audience_pending)
+            pipe.llen(self.audience_inflight)
+            replies = await pipe.execute(raise_on_error=False)
+        for reply in (replies[0], replies[1], replies[3], replies[4]):
+            if isinstance(reply, Exception):
+                raise reply
+        scheduled, stream_length, groups, audience_pending, audience_inflight = replies
+        if isinstance(groups, Exception):  # no send stream yet
+            groups = []
+        senders: dict[str, Any] = next((group for group in groups if group.get("name") == SENDERS_GROUP), {})
+        in_flight = int(senders.get("pending") or 0)
+        lag = senders.get("lag")
+        # Acknowledged entries are deleted, so what is left beyond the pending ones is unread;
+        # Redis gives no lag after some deletions.
+        queued = int(lag) if lag is not None else max(int(stream_length) - in_flight, 0)
+        return {
+            "scheduled": int(scheduled),
+            "send_queued": queued,
+            "send_in_flight": in_flight,
+            "audience_pending": int(audience_pending),
+            "audience_in_flight": int(audience_inflight),
+        }
+
     # the profile event stream
     async def read_events(self, consumer: str, count: int, block_ms: int) -> StreamEntries:
         replies: list[tuple[str, StreamEntries]] | None = await self.redis.xreadgroup(  # type: ignore[assignment]
