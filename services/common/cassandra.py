@@ -20,6 +20,7 @@ from cassandra.query import BatchStatement, BatchType, PreparedStatement, dict_f
 from services.common import deadlines
 from services.common.errors import Unavailable
 from services.common.metrics import CassandraMetrics, StatementKind, serial_kind, statement_kind
+from services.common.settings import CommonSettings
 
 log = structlog.get_logger("rapport.cassandra")
 
@@ -178,6 +179,21 @@ class CassandraClient:
 
     async def close(self) -> None:
         await asyncio.to_thread(self.cluster.shutdown)
+
+
+async def open_service_keyspace(
+    settings: CommonSettings, schema_cql: str | None, wait_s: float = 120.0
+) -> CassandraClient:
+    """A service's keyspace as its shared settings describe it (schema applied when given)."""
+    return await open_cassandra(
+        settings.cassandra_hosts.split(","),
+        settings.cassandra_port,
+        settings.cassandra_keyspace,
+        settings.cassandra_local_dc,
+        replication=settings.cassandra_replication,
+        schema_cql=schema_cql,
+        wait_s=wait_s,
+    )
 
 
 async def open_cassandra(

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.registry import Collector
 
 from services.common.auth import ApiKeyRegistry
-from services.common.cassandra import CassandraClient, open_cassandra
+from services.common.cassandra import CassandraClient, open_service_keyspace
 from services.common.interceptors import InterceptorConfig, RapportServerInterceptor, RpcMetrics
 from services.common.metrics import MetricGroup
 from services.common.redis import RedisClient
@@ -252,14 +252,7 @@ async def serve(settings: CommonSettings, build: Callable[[CommonSettings], Awai
 async def open_stores(settings: CommonSettings, schema_file: Path) -> tuple[CassandraClient, RedisClient]:
     """The service's Cassandra keyspace (schema applied if asked) and Redis, from the shared settings."""
     schema_cql = await asyncio.to_thread(schema_file.read_text) if settings.apply_schema else None
-    cassandra = await open_cassandra(
-        settings.cassandra_hosts.split(","),
-        settings.cassandra_port,
-        settings.cassandra_keyspace,
-        settings.cassandra_local_dc,
-        replication=settings.cassandra_replication,
-        schema_cql=schema_cql,
-    )
+    cassandra = await open_service_keyspace(settings, schema_cql)
     return cassandra, RedisClient(settings.redis_url, settings.redis_prefix)
 
 

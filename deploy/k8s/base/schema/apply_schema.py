@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from services.common.cassandra import CassandraClient, open_cassandra
+from services.common.cassandra import CassandraClient, open_service_keyspace
 from services.common.settings import CommonSettings, load_settings
 from services.identity.adapters.cassandra_store import SCHEMA_FILE as IDENTITY_SCHEMA
 from services.identity.settings import IdentitySettings
@@ -41,15 +41,7 @@ def log(message: str) -> None:
 
 
 async def connect(settings: CommonSettings, schema_cql: str | None, wait_s: float) -> CassandraClient:
-    return await open_cassandra(
-        settings.cassandra_hosts.split(","),
-        settings.cassandra_port,
-        settings.cassandra_keyspace,
-        settings.cassandra_local_dc,
-        replication=settings.cassandra_replication,
-        schema_cql=schema_cql,
-        wait_s=wait_s,
-    )
+    return await open_service_keyspace(settings, schema_cql, wait_s)
 
 
 async def apply(service: str, wait_s: float) -> None:
