@@ -43,6 +43,7 @@ from rapport.common.v1 import event_pb2
 from rapport.common.v1 import identifier_pb2 as common
 from rapport.profile.v1 import profile_service_pb2 as pb
 from rapport.profile.v1 import profile_service_pb2_grpc as pb_grpc
+from services.common.clock import now_ms
 from services.profile.adapters.cassandra_log import unpack_events
 
 REDIS_URL = os.environ.get("RAPPORT_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -91,10 +92,6 @@ KIND_WEIGHTS = [45, 35, 14, 6]
 
 def env_int(name: str, default: int) -> int:
     return int(os.environ.get(name, str(default)))
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import numpy as np
 import structlog
 from redis.exceptions import RedisError
 
-from services.common import deadlines
+from services.common import clock, deadlines
 from services.common.errors import FieldViolation, InvalidArgument, RapportError
 from services.common.identifiers import IdentifierKey
 from services.common.identity_client import IdentityClient
@@ -173,7 +173,7 @@ class Decider:
 
     # ------------------------------------------------------------------ Decide
     async def decide(self, query: DecideQuery) -> Decision:
-        now_ms = int(time.time() * 1000)
+        now_ms = clock.now_ms()
         degraded: list[str] = []
         person_id, created = query.person_id, False
         if query.identifier is not None:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-import time
 
 import grpc
 
 from rapport.common.v1 import event_pb2
 from rapport.decision.v1 import decision_service_pb2 as pb
 from rapport.decision.v1 import decision_service_pb2_grpc as pb_grpc
+from services.common import clock
 from services.common.errors import FieldViolation, InvalidArgument, NotFound
 from services.common.identifiers import parse_identifier, parse_person_id
 from services.decision.catalog_admin import CatalogAdmin
@@ -191,7 +191,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):  # type: ignore[misc]
         count = len(request.products)
         if not 1 <= count <= MAX_IMPORT:
             raise InvalidArgument([FieldViolation("products", f"must hold 1 to {MAX_IMPORT} products, got {count}")])
-        now_ms = int(time.time() * 1000)
+        now_ms = clock.now_ms()
         accepted: list[Product] = []
         rejected: list[pb.RejectedProduct] = []
         for index, item in enumerate(request.products):

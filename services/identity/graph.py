@@ -19,7 +19,6 @@ import asyncio
 import contextvars
 import json
 import random
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
@@ -29,6 +28,7 @@ from typing import Any, TypeVar
 import structlog
 
 from services.common import deadlines
+from services.common.clock import now_ms
 from services.common.errors import Aborted, FailedPrecondition, NotFound, Unavailable
 from services.common.identifiers import IdentifierKey, IdentifierType
 from services.identity.adapters.cassandra_store import CassandraIdentityStore, OutboxEvent
@@ -108,10 +108,6 @@ def _consume_exception(task: asyncio.Task[Any]) -> None:
 
 def new_person_id() -> str:
     return uuid.uuid4().hex
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class IdentityGraph:

@@ -12,6 +12,7 @@ from dataclasses import replace
 
 import structlog
 
+from services.common.clock import now_ms
 from services.common.errors import FailedPrecondition, NotFound
 from services.messaging.adapters.cassandra_store import Contact, MessagingStore, StoredRule
 from services.messaging.adapters.redis_queue import MessagingQueue
@@ -32,10 +33,6 @@ from services.messaging.domain.triggers import (
 log = structlog.get_logger("rapport.messaging")
 RULES_REFRESH_S = 5.0
 EXPORT_CHUNK_ROWS = 1000
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def instance_to_json(instance: TriggerInstance, fired: bool = False) -> str:

@@ -28,6 +28,7 @@ import jinja2
 import structlog
 
 from rapport.common.v1 import identifier_pb2
+from services.common.clock import now_ms
 from services.common.identity_client import IdentityClient
 from services.messaging.adapters.cassandra_store import Contact, MessagingStore, StoredAudienceMember
 from services.messaging.adapters.channels import HttpSender, SendError, SmtpSender
@@ -73,10 +74,6 @@ PRODUCTS_PER_MESSAGE = 4
 # Long header values (a List-Unsubscribe URL has no space to fold at) stay one line up to RFC
 # 5322's 998 characters instead of being mangled into encoded words.
 EMAIL_POLICY = email.policy.SMTP.clone(max_line_length=998)
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass(frozen=True)

@@ -8,13 +8,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import html
-import time
 from typing import Any
 
 import structlog
 from aiohttp import web
 
 from rapport.common.v1 import event_pb2, identifier_pb2
+from services.common.clock import now_ms
 from services.common.identity_client import IdentityClient
 from services.messaging.adapters.peers import ProfileTracker
 from services.messaging.domain.tokens import InvalidToken, MessageTokens
@@ -24,10 +24,6 @@ log = structlog.get_logger("rapport.messaging.tracking")
 PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
 # Identifier types preferred to stand for a person in tracked events (most stable first).
 PREFERRED_TYPES = ("IDENTIFIER_TYPE_CUSTOMER_ID", "IDENTIFIER_TYPE_EMAIL_SHA256")
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class TrackingEndpoint:

@@ -15,7 +15,6 @@ one (a late mobile batch) makes the state be rebuilt from the log, in time order
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
 
@@ -23,6 +22,7 @@ import orjson
 import structlog
 
 from rapport.common.v1 import event_pb2, identifier_pb2
+from services.common.clock import now_ms
 from services.common.errors import Aborted, FieldViolation, InvalidArgument
 from services.common.identifiers import IdentifierKey
 from services.common.identity_client import IdentityClient
@@ -40,10 +40,6 @@ STORE_ATTEMPTS = 8
 REPUBLISH_WINDOW_MS = 3_600_000
 MAX_KNOWN_PRICES = 200_000
 EXPORT_CHUNK = 500
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass(frozen=True)

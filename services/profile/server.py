@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -12,6 +11,7 @@ from google.rpc import code_pb2, status_pb2
 from rapport.common.v1 import event_pb2
 from rapport.profile.v1 import profile_service_pb2 as pb
 from rapport.profile.v1 import profile_service_pb2_grpc as pb_grpc
+from services.common.clock import now_ms as _now_ms
 from services.common.errors import FieldViolation, InvalidArgument, RapportError, to_rpc_status
 from services.common.identifiers import IdentifierKey, parse_identifier, parse_person_id
 from services.profile.adapters.cassandra_log import TimelineCursor
@@ -49,10 +49,6 @@ METHOD_SCOPES = {
 }
 
 _OK = status_pb2.Status(code=code_pb2.OK)
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def timestamp(ms: int) -> Timestamp | None:

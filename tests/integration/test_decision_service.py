@@ -16,6 +16,7 @@ from rapport.common.v1 import event_pb2
 from rapport.common.v1 import identifier_pb2 as common
 from rapport.decision.v1 import decision_service_pb2 as pb
 from rapport.profile.v1 import profile_service_pb2 as profile_pb
+from services.common.clock import now_ms
 from tests.integration.conftest import (
     DecisionHarness,
     ProfileHarness,
@@ -32,10 +33,6 @@ SCARVES = ("Women", "Accessories", "Scarves")
 MINUTE_MS = 60_000
 UNKNOWN_PLACEMENT: Any = 99
 PERSON = uuid.uuid4().hex
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def cookie(value: str) -> common.Identifier:

@@ -21,6 +21,7 @@ from rapport.common.v1 import identifier_pb2 as common
 from rapport.identity.v1 import identity_service_pb2 as identity_pb
 from rapport.profile.v1 import profile_service_pb2 as pb
 from services.common.cassandra import CassandraClient
+from services.common.clock import now_ms
 from services.profile.adapters.cassandra_log import unpack_events
 from tests.integration.conftest import ProfileHarness, profile_settings, running_profile
 from tests.support import ADMIN_KEY, REDIS_URL, STOREFRONT_KEY, bearer, error_details, private_redis, start_redis
@@ -58,10 +59,6 @@ def event(kind: int, who: common.Identifier, at_ms: int, event_id: str | None = 
     )
     message.event_time.FromMilliseconds(at_ms)
     return message
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def by_cookie(value: str) -> pb.PersonSelector:

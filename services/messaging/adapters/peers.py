@@ -3,7 +3,6 @@ Track (opens and clicks go back to the profile, closing the loop)."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from rapport.decision.v1 import decision_service_pb2 as decision_pb
 from rapport.decision.v1 import decision_service_pb2_grpc as decision_grpc
 from rapport.profile.v1 import profile_service_pb2 as profile_pb
 from rapport.profile.v1 import profile_service_pb2_grpc as profile_grpc
+from services.common import clock
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ class ProfileTracker:
         self, identifier: identifier_pb2.Identifier, kind: int, message_id: str, page_url: str = ""
     ) -> None:
         at = Timestamp()
-        at.FromMilliseconds(int(time.time() * 1000))
+        at.FromMilliseconds(clock.now_ms())
         await self._stub.Track(
             profile_pb.TrackRequest(
                 event=event_pb2.Event(
