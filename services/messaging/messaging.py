@@ -53,14 +53,11 @@ def instance_to_json(instance: TriggerInstance, fired: bool = False) -> str:
     )
 
 
-def is_fired(text: str) -> bool:
-    """Fired over RPC: the caller decided, so the send-time re-check of the condition is skipped."""
-    return bool(json.loads(text).get("fired"))
-
-
-def instance_from_json(text: str) -> TriggerInstance:
+def instance_from_json(text: str) -> tuple[TriggerInstance, bool]:
+    """The instance, and whether it was fired over RPC (then the caller decided, and the
+    send-time re-check of its condition is skipped)."""
     data = json.loads(text)
-    return TriggerInstance(
+    instance = TriggerInstance(
         kind=TriggerKind[data["kind"]],
         person_id=data["person"],
         due_at_ms=int(data["due"]),
@@ -71,6 +68,7 @@ def instance_from_json(text: str) -> TriggerInstance:
         order_id=data.get("order", ""),
         category=data.get("category", ""),
     )
+    return instance, bool(data.get("fired"))
 
 
 # Kinds whose repeats (the same instance fired again) push a pending send later: the visitor is

@@ -65,7 +65,7 @@ from services.messaging.domain.triggers import (
     still_due,
     triggers_for_event,
 )
-from services.messaging.messaging import Messaging, RuleCatalog, instance_from_json, is_fired
+from services.messaging.messaging import Messaging, RuleCatalog, instance_from_json
 from services.messaging.metrics import DeliveryMetrics
 from services.profile.reader import ProfileReader
 
@@ -171,7 +171,6 @@ class TriggerIntake:
                     product_ids=tuple(order.get("products", ())),
                 )
             )
-        created = 0
 
         async def person(person_id: str, events: list[ProfileEventSummary]) -> int:
             facts = await self._people.facts(person_id, now_ms())
@@ -181,10 +180,9 @@ class TriggerIntake:
                     made += int((await self._messaging.schedule(instance))[0])
             return made
 
-        results = await asyncio.gather(*(person(p, events) for p, events in by_person.items()))
-        created = sum(results)
+        created = await asyncio.gather(*(person(p, events) for p, events in by_person.items()))
         await self._queue.ack_events([entry_id for entry_id, _ in entries])
-        return created
+        return sum(created)
 
 
 class Dispatcher:
@@ -293,7 +291,7 @@ class Sender:
         delivery = await self._queue.copy(delivery_id)
         if delivery is None or await self._queue.is_done(delivery_id) or delivery.status.final:
             # Erased, expired, or already handled by a send whose acknowledgement was lost.
-            await self._queue.finish(entry_id, delivery, None) if delivery else await self._ack_only(entry_id)
+            await self._queue.ack_send(entry_id)
             return None
         # One sender at a time per delivery: an entry claimed from a slow (not dead) replica
         # waits until that replica's lease ends; a killed replica's lease simply runs out.
@@ -310,15 +308,15 @@ class Sender:
         if not await self._queue.entry_exists(entry_id):
             return None  # the lease's previous holder finished or rescheduled it meanwhile
         if await self._queue.is_done(delivery_id):
-            await self._queue.finish(entry_id, delivery, None)
+            await self._queue.ack_send(entry_id)
             return None
         delivery = await self._queue.copy(delivery_id) or delivery  # as the previous holder left it
         at = now_ms()
         channel = Channel[delivery.channel]
         contact = await self._store.contact(delivery.person_id) or Contact(delivery.person_id)
-        instance = instance_from_json(delivery.trigger_data)
+        instance, fired = instance_from_json(delivery.trigger_data)
         rules = await self._rules.refresh()
-        if not is_fired(delivery.trigger_data):
+        if not fired:
             facts = await self._people.facts(delivery.person_id, at, contact)
             verdict = still_due(instance, facts, at, rules)
             if not verdict.send:
@@ -369,10 +367,6 @@ class Sender:
             DeliveryStatus.SENT, attempts=attempt, sent_at_ms=now_ms(), product_ids=tuple(products), last_error=""
         )
         return await self._close(entry_id, sent, cap_key)
-
-    async def _ack_only(self, entry_id: str) -> None:
-        await self._queue.redis.xack(self._queue.send_stream, "senders", entry_id)
-        await self._queue.redis.xdel(self._queue.send_stream, entry_id)
 
     async def _close(self, entry_id: str, delivery: Delivery, cap_key: str | None = None) -> DeliveryStatus:
         await self._queue.finish(entry_id, delivery, cap_key)

@@ -74,6 +74,13 @@ def _text(value: str, field: str, limit: int = MAX_TEXT) -> str:
     return value.strip()
 
 
+def _delivery_id(value: str) -> str:
+    delivery_id = _text(value, "delivery_id", 64)
+    if not delivery_id:
+        raise InvalidArgument([FieldViolation("delivery_id", "must not be empty")])
+    return delivery_id
+
+
 def _page_size(value: int, default: int, maximum: int) -> int:
     if value == 0:
         return default
@@ -221,10 +228,8 @@ class MessagingServicer(pb_grpc.MessagingServiceServicer):
     async def GetDelivery(
         self, request: pb.GetDeliveryRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetDeliveryResponse:
-        delivery_id = _text(request.delivery_id, "delivery_id", 64)
-        if not delivery_id:
-            raise InvalidArgument([FieldViolation("delivery_id", "must not be empty")])
-        return pb.GetDeliveryResponse(delivery=delivery_proto(await self._messaging.delivery(delivery_id)))
+        delivery = await self._messaging.delivery(_delivery_id(request.delivery_id))
+        return pb.GetDeliveryResponse(delivery=delivery_proto(delivery))
 
     async def ListDeliveries(
         self, request: pb.ListDeliveriesRequest, context: grpc.aio.ServicerContext
@@ -244,10 +249,8 @@ class MessagingServicer(pb_grpc.MessagingServiceServicer):
     async def ReplayDeadLetter(
         self, request: pb.ReplayDeadLetterRequest, context: grpc.aio.ServicerContext
     ) -> pb.ReplayDeadLetterResponse:
-        delivery_id = _text(request.delivery_id, "delivery_id", 64)
-        if not delivery_id:
-            raise InvalidArgument([FieldViolation("delivery_id", "must not be empty")])
-        return pb.ReplayDeadLetterResponse(delivery=delivery_proto(await self._messaging.replay(delivery_id)))
+        delivery = await self._messaging.replay(_delivery_id(request.delivery_id))
+        return pb.ReplayDeadLetterResponse(delivery=delivery_proto(delivery))
 
     async def ExportAudience(
         self, request: pb.ExportAudienceRequest, context: grpc.aio.ServicerContext

@@ -213,6 +213,13 @@ class MessagingQueue:
             pipe.xdel(self.send_stream, entry_id)
             await pipe.execute()
 
+    async def ack_send(self, entry_id: str) -> None:
+        """Acknowledge (and delete) an entry whose delivery was already handled or is gone."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xack(self.send_stream, SENDERS_GROUP, entry_id)
+            pipe.xdel(self.send_stream, entry_id)
+            await pipe.execute()
+
     async def requeue(self, entry_id: str, delivery: Delivery) -> None:
         """Put a delivery back in the due set (retry, deferral) and acknowledge its entry, atomically."""
         async with self.redis.pipeline(transaction=True) as pipe:
