@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from services.common.errors import FieldViolation, InvalidArgument
 
 MAX_VALUE_BYTES = 512
-_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _PHONE_NOISE = re.compile(r"[\s\-().]")
 _PHONE = re.compile(r"^\+?[0-9]{4,20}$")
 
@@ -58,6 +58,11 @@ def sha256_hex(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def is_sha256_hex(value: str) -> bool:
+    """A value already hashed by the caller (64 lower-case hex digits) is kept as it is."""
+    return _SHA256_HEX.fullmatch(value) is not None
+
+
 def normalise_email(raw: str) -> str:
     return raw.strip().lower()
 
@@ -89,7 +94,7 @@ def parse_identifier(type_number: int, value: str, field: str) -> IdentifierKey:
 
     if identifier_type is IdentifierType.EMAIL_SHA256:
         lowered = stripped.lower()
-        if _SHA256_HEX.match(lowered):
+        if is_sha256_hex(lowered):
             return IdentifierKey(identifier_type, lowered)
         email = normalise_email(stripped)
         if "@" not in email or email.startswith("@") or email.endswith("@"):
@@ -98,7 +103,7 @@ def parse_identifier(type_number: int, value: str, field: str) -> IdentifierKey:
         return IdentifierKey(identifier_type, sha256_hex(email))
     if identifier_type is IdentifierType.PHONE_SHA256:
         lowered = stripped.lower()
-        if _SHA256_HEX.match(lowered):
+        if is_sha256_hex(lowered):
             return IdentifierKey(identifier_type, lowered)
         phone = normalise_phone(stripped)
         if not _PHONE.match(phone):

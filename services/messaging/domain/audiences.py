@@ -10,14 +10,14 @@ other value is hashed here, so a raw e-mail can never reach a file or a request.
 from __future__ import annotations
 
 import csv
-import hashlib
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final, Protocol
 
-_SHA256_HEX: Final = re.compile(r"[0-9a-f]{64}")
+from services.common.identifiers import is_sha256_hex, normalise_email, sha256_hex
+
 _NON_DIGITS: Final = re.compile(r"\D")
 MAX_BATCH_SIZE: Final = 10_000  # Meta's limit of records per request
 
@@ -42,18 +42,14 @@ _KEEPS_TRUNK_ZERO: Final = frozenset({"IT"})
 _E164_DIGITS: Final = range(8, 16)  # country code included; E.164 allows at most 15
 
 
-def sha256_hex(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def _already_hashed(value: str) -> str | None:
     lowered = value.strip().lower()
-    return lowered if _SHA256_HEX.fullmatch(lowered) else None
+    return lowered if is_sha256_hex(lowered) else None
 
 
 def hash_email(value: str) -> str:
     """The SHA-256 of a trimmed, lower-cased e-mail; a SHA-256 hex is returned as it is."""
-    return _already_hashed(value) or sha256_hex(value.strip().lower())
+    return _already_hashed(value) or sha256_hex(normalise_email(value))
 
 
 def normalise_phone(raw: str, country: str = "") -> str | None:
