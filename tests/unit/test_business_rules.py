@@ -4,25 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from services.decision.domain.catalog import Catalog, Product
+from services.decision.domain.catalog import Catalog
 from services.decision.domain.recommenders import Candidate
 from services.decision.domain.rules import RRF_K, apply_business_rules, blend
-
-SWEATERS = ("Women", "Knitwear", "Sweaters")
-MEN_SWEATERS = ("Men", "Knitwear", "Sweaters")
-SHOES = ("Men", "Shoes")
-
-
-def product(
-    product_id: str, path: tuple[str, ...] = SWEATERS, price: float = 50.0, stock: int = 3, consumable: bool = False
-) -> Product:
-    return Product(product_id, f"Title {product_id}", path, "Acme", price, "EUR", stock, {}, 0, consumable)
-
-
-def catalog_of(*products: Product) -> Catalog:
-    catalog = Catalog()
-    catalog.upsert(products)
-    return catalog
+from tests.unit.catalog_fixtures import MEN_SWEATERS, SHOES, catalog_of, product
 
 
 def shop(count: int = 10) -> Catalog:

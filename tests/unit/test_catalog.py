@@ -9,33 +9,11 @@ from services.decision.domain.catalog import (
     BUDGET,
     MID,
     PREMIUM,
-    Catalog,
-    Product,
     category_prefixes,
     consumable_flag,
     validate_product,
 )
-
-SWEATERS = ("Women", "Knitwear", "Sweaters")
-CARDIGANS = ("Women", "Knitwear", "Cardigans")
-MEN_SWEATERS = ("Men", "Knitwear", "Sweaters")
-
-
-def product(
-    product_id: str,
-    path: tuple[str, ...] = SWEATERS,
-    price: float = 50.0,
-    stock: int = 3,
-    added_ms: int = 0,
-    brand: str = "Acme",
-) -> Product:
-    return Product(product_id, f"Title {product_id}", path, brand, price, "EUR", stock, {}, added_ms)
-
-
-def catalog_of(*products: Product) -> Catalog:
-    catalog = Catalog()
-    catalog.upsert(products)
-    return catalog
+from tests.unit.catalog_fixtures import CARDIGANS, MEN_SWEATERS, SWEATERS, catalog_of, product
 
 
 def test_a_product_knows_its_leaf_name_and_category_key() -> None:

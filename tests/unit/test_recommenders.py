@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from services.decision.domain.catalog import BUDGET, PREMIUM, Catalog, Product
+from services.decision.domain.catalog import BUDGET, PREMIUM, Catalog
 from services.decision.domain.recommenders import (
     AFFINITY,
     EVENT_WEIGHTS,
@@ -26,28 +26,9 @@ from services.decision.domain.recommenders import (
     recently_viewed,
 )
 from services.decision.domain.situations import Strategy
+from tests.unit.catalog_fixtures import CARDIGANS, SHOES, SWEATERS, catalog_of, product
 
-SWEATERS = ("Women", "Knitwear", "Sweaters")
-CARDIGANS = ("Women", "Knitwear", "Cardigans")
-SHOES = ("Men", "Shoes")
 DAY = 24 * HOUR_MS
-
-
-def product(
-    product_id: str,
-    path: tuple[str, ...] = SWEATERS,
-    price: float = 50.0,
-    stock: int = 3,
-    added_ms: int = 0,
-    brand: str = "Acme",
-) -> Product:
-    return Product(product_id, f"Title {product_id}", path, brand, price, "EUR", stock, {}, added_ms)
-
-
-def catalog_of(*products: Product) -> Catalog:
-    catalog = Catalog()
-    catalog.upsert(products)
-    return catalog
 
 
 def shop(count: int = 20) -> Catalog:
