@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -138,31 +137,27 @@ class MessagingStore:
 
     # deliveries
     async def save_delivery(self, delivery: Delivery, *, new: bool = False) -> None:
-        statements: list[tuple[str, Sequence[object]]] = [
-            (
-                "INSERT INTO {keyspace}.delivery (delivery_id, person_id, kind, channel, status, reason, attempts, "
-                "last_error, created_at, due_at, sent_at, idempotency_key, trigger_data, product_ids) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    delivery.delivery_id,
-                    delivery.person_id,
-                    delivery.kind,
-                    delivery.channel,
-                    delivery.status.value,
-                    delivery.reason,
-                    delivery.attempts,
-                    delivery.last_error,
-                    to_datetime_or_none(delivery.created_at_ms),
-                    to_datetime_or_none(delivery.due_at_ms),
-                    to_datetime_or_none(delivery.sent_at_ms),
-                    delivery.idempotency_key,
-                    delivery.trigger_data,
-                    list(delivery.product_ids),
-                ),
-            )
-        ]
-        for cql, parameters in statements:
-            await self._db.execute(cql, parameters)
+        await self._db.execute(
+            "INSERT INTO {keyspace}.delivery (delivery_id, person_id, kind, channel, status, reason, attempts, "
+            "last_error, created_at, due_at, sent_at, idempotency_key, trigger_data, product_ids) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                delivery.delivery_id,
+                delivery.person_id,
+                delivery.kind,
+                delivery.channel,
+                delivery.status.value,
+                delivery.reason,
+                delivery.attempts,
+                delivery.last_error,
+                to_datetime_or_none(delivery.created_at_ms),
+                to_datetime_or_none(delivery.due_at_ms),
+                to_datetime_or_none(delivery.sent_at_ms),
+                delivery.idempotency_key,
+                delivery.trigger_data,
+                list(delivery.product_ids),
+            ],
+        )
         if new:
             await self._db.execute(
                 "INSERT INTO {keyspace}.delivery_by_person (person_id, created_at, delivery_id) VALUES (?, ?, ?)",
@@ -247,7 +242,3 @@ class MessagingStore:
             await self._db.execute(
                 "DELETE FROM {keyspace}.audience_member WHERE kind = ? AND person_id = ?", [kind, person_id]
             )
-
-
-def trigger_data(facts: dict[str, object]) -> str:
-    return json.dumps(facts, separators=(",", ":"), sort_keys=True)
