@@ -13,10 +13,11 @@ BIN := $(RAPPORT_CACHE)/bin
 PROTOS := $(shell find protos -name '*.proto')
 PYTEST_ARGS ?=
 
-.PHONY: help venv gen tools stack run stop status test test-unit lint bench-identity bench-profile chaos-profile replay eval-sessions eval-sessions-yoochoose bench-decision bench-messaging k8s-validate demo clean
+.PHONY: help venv gen tools browser stack run console stop status test test-unit lint bench-identity bench-profile chaos-profile replay eval-sessions eval-sessions-yoochoose bench-decision bench-messaging bench-tracing k8s-validate demo clean
 
 help:
 	@echo "make run             start Redis, Cassandra and every service (prints ports and the dev API key)"
+	@echo "make console         (stack up) start the staff console on http://127.0.0.1:8060 (make run starts it too)"
 	@echo "make stop            stop all of it"
 	@echo "make test            unit + integration + end-to-end tests against real Redis and Cassandra"
 	@echo "make lint            buf lint, ruff, mypy"
@@ -29,6 +30,7 @@ help:
 	@echo "make demo            (stack up) replay real data, narrate a few visitors' visits and an abandoned-cart email"
 	@echo "make k8s-validate    render every Kustomize overlay and validate it offline (kubeconform -strict + project rules)"
 	@echo "make bench-messaging triggers fanned out to a real SMTP server, duplicates injected, a replica killed"
+	@echo "make bench-tracing   per-RPC cost of trace context in the shared interceptor, without and with spans"
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
@@ -54,6 +56,10 @@ gen: gen/.stamp
 tools:
 	scripts/tools.sh grpcurl grpc-health-probe ghz buf
 
+# Debian's chromium and chromedriver, for the console's browser test (apt, only if missing).
+browser:
+	scripts/browser.sh install
+
 stack: venv
 	scripts/redis.sh install
 	scripts/redis.sh start
@@ -66,8 +72,14 @@ run: venv gen stack
 	@echo "Redis      127.0.0.1:$${REDIS_PORT:-6379}"
 	@echo "Cassandra  127.0.0.1:$${CASSANDRA_PORT:-9042}"
 	@echo "Dev API key (all scopes): $$(scripts/services.sh dev-key)"
+	@echo "Staff console: http://127.0.0.1:$${RAPPORT_CONSOLE_PORT:-8060}/ (sign in with the dev API key)"
 	@echo "Try: $(BIN)/grpcurl -plaintext 127.0.0.1:50051 list   (make tools installs grpcurl)"
 	@echo "Stop everything with: make stop"
+
+# The staff console alone, next to services already running (make run starts it with them).
+console: venv gen
+	@scripts/services.sh console
+	@echo "Sign in with the dev API key: $$(scripts/services.sh dev-key)"
 
 stop:
 	-scripts/services.sh stop
@@ -79,7 +91,7 @@ status:
 	-scripts/cassandra.sh status
 	-scripts/redis.sh status
 
-test: venv gen stack tools lint k8s-validate
+test: venv gen stack tools browser lint k8s-validate
 	PATH=$(BIN):$$PATH $(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: venv gen
@@ -130,6 +142,10 @@ eval-sessions-yoochoose: venv gen
 	mkdir -p $(RAPPORT_STATE)/eval
 	PYTHONPATH=$(CURDIR):$(CURDIR)/gen $(PY) -m services.decision.cli.eval_sessions --make-test-cases $(YOOCHOOSE)/test.tsv --train $(YOOCHOOSE)/train.tsv --out $(RAPPORT_STATE)/eval/yoochoose-cases.tsv
 	$(MAKE) eval-sessions TRAIN=$(YOOCHOOSE)/train.tsv TEST=$(RAPPORT_STATE)/eval/yoochoose-cases.tsv OUT=$(RAPPORT_STATE)/eval/yoochoose-recs.txt
+
+# In process, no stack: the interceptor's path per RPC with tracing off, passed through, and exported.
+bench-tracing: venv gen
+	PYTHONPATH=$(CURDIR):$(CURDIR)/gen $(PY) -m bench.tracing_overhead
 
 bench-decision: venv gen stack tools
 	PATH=$(BIN):$$PATH PYTHONPATH=$(CURDIR):$(CURDIR)/gen $(PY) -m bench.decision_decide

@@ -19,7 +19,7 @@ import uuid
 import grpc
 
 from bench.identity_resolve import CHECK, ghz, latency_ms
-from bench.support import ServiceProcess, forget_prefix, start_service
+from bench.support import ServiceProcess, cpu_seconds, forget_prefix, start_service
 from rapport.common.v1 import event_pb2
 from rapport.common.v1 import identifier_pb2 as common
 from rapport.decision.v1 import decision_service_pb2 as pb
@@ -165,6 +165,7 @@ def main() -> None:
         time.sleep(2)
         data = json.dumps(requests)
         connections = ["--connections", str(replica_count * 2)]
+        cpu_before = cpu_seconds(deciders)
         fixed = ghz(
             first.address,
             DECIDE,
@@ -172,9 +173,19 @@ def main() -> None:
             data,
             ["--rps", str(rps), "-z", f"{seconds}s", "-c", str(concurrency), *connections],
         )
+        decide_cpu_ms = (cpu_seconds(deciders) - cpu_before) * 1000 / max(1, fixed["count"])
         decide_max = ghz(first.address, DECIDE, key, data, ["-z", "5s", "-c", str(concurrency * 2), *connections])
+        cpu_before = cpu_seconds(deciders)
         check_max = ghz(first.address, CHECK, key, "{}", ["-z", "5s", "-c", str(concurrency * 2), *connections])
-        errors = sum(count for code, count in fixed["statusCodeDistribution"].items() if code != "OK")
+        check_cpu_ms = (cpu_seconds(deciders) - cpu_before) * 1000 / max(1, check_max["count"])
+        # ghz cancels the calls still in flight when its duration ends ("the client connection is
+        # closing", "transport is closing"): those are the load generator's, not the server's.
+        cut_at_end = sum(
+            count
+            for message, count in (fixed.get("errorDistribution") or {}).items()
+            if "connection is closing" in message or "transport is closing" in message
+        )
+        errors = sum(count for code, count in fixed["statusCodeDistribution"].items() if code != "OK") - cut_at_end
         sample = decision_stub.Decide(
             pb.DecideRequest(person_id=warm_person_ids[0], placement=pb.PLACEMENT_HOME, count=8),
             metadata=metadata,
@@ -185,8 +196,18 @@ def main() -> None:
             f"sample answer: situation={pb.Situation.Name(sample.situation)} "
             f"items={len(sample.items)} degraded={sample.degraded}"
         )
-        print(f"fixed rate: target {rps}/s for {seconds}s, achieved {fixed['rps']:.0f}/s, non-OK {errors}")
+        print(
+            f"fixed rate: target {rps}/s for {seconds}s, achieved {fixed['rps']:.0f}/s, "
+            f"server errors {errors}, in flight when the load generator stopped {cut_at_end}"
+        )
+        for message, count in (fixed.get("errorDistribution") or {}).items():
+            if errors and not ("connection is closing" in message or "transport is closing" in message):
+                print(f"  {count} x {message}")
         print(f"max throughput: Decide {decide_max['rps']:.0f}/s, health Check {check_max['rps']:.0f}/s")
+        print(
+            f"decision processes' CPU per call: Decide {decide_cpu_ms:.2f} ms (fixed rate), "
+            f"health Check {check_cpu_ms:.2f} ms (max throughput)"
+        )
         print(
             f"rps={fixed['rps']:.0f} p50_ms={latency_ms(fixed, 50):.2f} p99_ms={latency_ms(fixed, 99):.2f} "
             f"floor_ratio={decide_max['rps'] / check_max['rps']:.2f}"

@@ -91,3 +91,13 @@ def forget_prefix(prefix: str) -> None:
             batch = []
     if batch:
         client.delete(*batch)
+
+
+def cpu_seconds(servers: list[ServiceProcess]) -> float:
+    """User + system CPU the servers' processes have used so far (Linux /proc)."""
+    ticks_per_s = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for server in servers:
+        fields = Path(f"/proc/{server.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / ticks_per_s

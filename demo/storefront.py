@@ -9,7 +9,9 @@ With the stack up (`make run`), it
    step it prints what profile's Describe says, the situation decision sees, its message and its
    recommendations, as they change along the visit;
 4. gives a visitor an email address and consent, leaves a cart behind, and shows the
-   abandoned-cart email that messaging sends to the local SMTP sink.
+   abandoned-cart email that messaging sends to the local SMTP sink;
+5. prints the staff console's page of each of these visitors (RAPPORT_CONSOLE_URL, default
+   http://127.0.0.1:8060, which `make run` starts).
 
     python -m demo.storefront [--data ../shared/data] [--invoices 1000] [--visitors 3]
 """
@@ -179,11 +181,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         " visitor's visits (three days ago, then now):"
     )
     run = uuid.uuid4().hex[:6]
+    narrated: list[tuple[str, str]] = []  # (who, person id)
     for customer in islice(regulars, arguments.visitors):
         visits = by_customer[customer][:2]
         first_ms = visits[0][0].event_time.ToMilliseconds()
         offset = int(time.time() * 1000) - 3 * 86_400_000 - first_ms  # the first visit three days ago
         print(f"\n   customer {customer}")
+        person = ""
         for number, visit in enumerate(visits, start=1):
             if number == 2:  # the second visit happens now, whatever the gap in the data
                 offset = int(time.time() * 1000) - 10 * 60_000 - visit[0].event_time.ToMilliseconds()
@@ -201,17 +205,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                     decision_pb.PLACEMENT_PRODUCT if kind == E.EVENT_TYPE_PRODUCT_VIEW else decision_pb.PLACEMENT_HOME
                 )
                 shop.show(person, placement, step[-1].product.product_id if kind == E.EVENT_TYPE_PRODUCT_VIEW else "")
+        if person:
+            narrated.append((f"customer {customer}", person))
 
     # 4. The visitor who leaves a cart behind gets an email (if messaging runs).
     try:
-        abandoned_cart_email(shop, products, run)
+        narrated.append(("the visitor with the abandoned cart", abandoned_cart_email(shop, products, run)))
     except grpc.RpcError as error:
         print(f"\n4. messaging not reachable ({error.code().name}): no email shown")
-    print("\nconsole: not built yet (issue 6); use grpcurl or the RPCs above")
+    console = os.environ.get("RAPPORT_CONSOLE_URL", "http://127.0.0.1:8060").rstrip("/")
+    print(f"\n5. the staff console (sign in with the dev API key, {REPO / '.state' / 'dev-api-key'}):")
+    for who, person in narrated:
+        print(f"   {who}: {console}/people/{person}")
+    print(f"   segments and experiments: {console}/segments")
     return 0
 
 
-def abandoned_cart_email(shop: Storefront, products: list[decision_pb.CatalogProduct], run: str) -> None:
+def abandoned_cart_email(shop: Storefront, products: list[decision_pb.CatalogProduct], run: str) -> str:
+    """Leaves a cart behind for a visitor with an email address and consent; their person id."""
     mail = REPO / ".state" / "mail"
     before = set(mail.glob("*.eml")) if mail.exists() else set()
     shop.messaging.UpdateRule(
@@ -239,7 +250,7 @@ def abandoned_cart_email(shop: Storefront, products: list[decision_pb.CatalogPro
     )
     product = products[0]
     at = int(time.time() * 1000)
-    shop.track(
+    person = shop.track(
         [
             event_pb2.Event(
                 event_id=f"demo-{run}-cart",
@@ -255,7 +266,7 @@ def abandoned_cart_email(shop: Storefront, products: list[decision_pb.CatalogPro
                 ),
             )
         ]
-    )
+    )[0]
     print(f"\n4. a visitor (camille@example.com, French) leaves {product.title} in the cart; waiting for the email…")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -268,9 +279,10 @@ def abandoned_cart_email(shop: Storefront, products: list[decision_pb.CatalogPro
                 body = text.get_content() if text is not None else ""  # type: ignore[attr-defined]
                 for line in body.splitlines()[:12]:
                     print(f"   | {line}")
-                return
+                return person
         time.sleep(0.5)
     print("   (no email within 30 s: quiet hours in the visitor's time zone, or messaging is not running)")
+    return person
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Starts and stops Rapport's gRPC services as background processes for `make run`.
 #
-#   scripts/services.sh start   # every service that exists, each on its port; waits for SERVING
+#   scripts/services.sh start   # every service that exists, each on its port; waits for SERVING;
+#                               # then the staff console (HTTP, $RAPPORT_CONSOLE_PORT, default 8060)
+#   scripts/services.sh console # the console alone (the services already running)
 #   scripts/services.sh stop    # SIGTERM (graceful), SIGKILL after 20 s
 #   scripts/services.sh status
 #
@@ -91,6 +93,51 @@ cmd_start() {
     fi
     echo "  $name  grpc 127.0.0.1:$port  metrics http://127.0.0.1:$metrics/metrics  log $log_file"
   done
+  start_console
+}
+
+CONSOLE_PORT="${RAPPORT_CONSOLE_PORT:-8060}"
+
+# The staff console (services/console): it signs staff in with any key of RAPPORT_API_KEYS that has
+# the console.view scope (the dev key has every scope) and reads the services with the peer key.
+start_console() {
+  [[ -f "$REPO/services/console/__main__.py" ]] || return 0
+  mkdir -p "$RUN_DIR"
+  local pid_file="$RUN_DIR/console.pid" log_file="$RUN_DIR/console.log"
+  if running "$pid_file"; then log "console already running (pid $(cat "$pid_file"))"; return 0; fi
+  if port_busy "$CONSOLE_PORT"; then
+    log "port $CONSOLE_PORT is taken by another process (see: ss -ltnp | grep $CONSOLE_PORT); console not started"
+    exit 1
+  fi
+  local key; key="${RAPPORT_API_KEYS:-dev:$(dev_key):*}"
+  local peer_key; peer_key="${RAPPORT_PEER_API_KEY:-$(dev_key)}"
+  (cd "$REPO" && RAPPORT_API_KEYS="$key" RAPPORT_CONSOLE_PORT="$CONSOLE_PORT" \
+    RAPPORT_CONSOLE_SECRET="${RAPPORT_CONSOLE_SECRET:-$(secret_of console)}" \
+    RAPPORT_IDENTITY_API_KEY="${RAPPORT_IDENTITY_API_KEY:-$peer_key}" \
+    RAPPORT_PROFILE_API_KEY="${RAPPORT_PROFILE_API_KEY:-$peer_key}" \
+    RAPPORT_DECISION_API_KEY="${RAPPORT_DECISION_API_KEY:-$peer_key}" \
+    RAPPORT_MESSAGING_API_KEY="${RAPPORT_MESSAGING_API_KEY:-$peer_key}" \
+    PYTHONPATH="$REPO:$REPO/gen" exec setsid nohup "$PY" -m services.console) >>"$log_file" 2>&1 </dev/null &
+  echo $! >"$pid_file"
+  local deadline=$((SECONDS + 30))
+  until "$PY" -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)" \
+      "http://127.0.0.1:$CONSOLE_PORT/healthz" 2>/dev/null; do
+    if ! running "$pid_file" || (( SECONDS > deadline )); then
+      log "the console did not answer on :$CONSOLE_PORT; last log lines:"; tail -n 30 "$log_file" >&2; exit 1
+    fi
+    sleep 0.3
+  done
+  echo "  console  http://127.0.0.1:$CONSOLE_PORT/  log $log_file"
+}
+
+stop_console() {
+  local pid_file="$RUN_DIR/console.pid"
+  running "$pid_file" || { rm -f "$pid_file"; return 0; }
+  kill -TERM "$(cat "$pid_file")"
+  for _ in $(seq 1 20); do running "$pid_file" || break; sleep 0.5; done
+  running "$pid_file" && kill -KILL "$(cat "$pid_file")"
+  rm -f "$pid_file"
+  log "console stopped"
 }
 
 # A local SMTP server keeping what messaging sends as files, so the demo's emails are visible
@@ -106,6 +153,7 @@ start_smtp_sink() {
 }
 
 cmd_stop() {
+  stop_console
   local index
   for (( index=${#SERVICES[@]}-1; index>=0; index-- )); do  # callers first, identity last
     local entry="${SERVICES[$index]}"
@@ -128,9 +176,10 @@ cmd_status() {
     IFS=: read -r name port _ <<<"$entry"
     if running "$RUN_DIR/$name.pid"; then echo "$name: running on :$port"; else echo "$name: stopped"; fi
   done
+  if running "$RUN_DIR/console.pid"; then echo "console: running on http://127.0.0.1:$CONSOLE_PORT/"; else echo "console: stopped"; fi
 }
 
 case "${1:-}" in
-  start) cmd_start ;; stop) cmd_stop ;; status) cmd_status ;; dev-key) dev_key ;;
-  *) echo "usage: $0 start|stop|status|dev-key" >&2; exit 2 ;;
+  start) cmd_start ;; console) start_console ;; stop) cmd_stop ;; status) cmd_status ;; dev-key) dev_key ;;
+  *) echo "usage: $0 start|console|stop|status|dev-key" >&2; exit 2 ;;
 esac

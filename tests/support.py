@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -163,3 +164,100 @@ class SmtpReceiver:
 
     def to(self, address: str) -> list[Any]:
         return [message for message in list(self.messages) if message["To"] == address]
+
+
+@dataclass(frozen=True)
+class ReceivedSpan:
+    """A span as an OTLP receiver got it; ids in hex, '' for a root's parent."""
+
+    service: str
+    name: str
+    kind: str  # SERVER, CLIENT, CONSUMER...
+    trace_id: str
+    span_id: str
+    parent_span_id: str
+    linked: tuple[tuple[str, str], ...]  # (trace id, span id) of each link
+    attributes: dict[str, Any]
+
+
+class OtlpReceiver:
+    """A real OTLP/HTTP trace receiver (what an OpenTelemetry Collector listens on at :4318): it
+    accepts `POST /v1/traces` with a protobuf `ExportTraceServiceRequest`, in its own thread."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.spans: list[ReceivedSpan] = []
+        self.requests = 0
+        self._server: Any = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> OtlpReceiver:
+        import gzip
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                if self.path != "/v1/traces" or self.headers.get("Content-Type") != "application/x-protobuf":
+                    self.send_error(404 if self.path != "/v1/traces" else 415)
+                    return
+                receiver.take(trace_service_pb2.ExportTraceServiceRequest.FromString(body))
+                reply = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, format: str, *args: Any) -> None:  # quiet
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self._server.serve_forever, name="otlp-receiver", daemon=True).start()
+        return self
+
+    def take(self, request: Any) -> None:
+        from opentelemetry.proto.trace.v1 import trace_pb2
+
+        def values(attributes: Any) -> dict[str, Any]:
+            return {
+                item.key: getattr(item.value, item.value.WhichOneof("value") or "string_value") for item in attributes
+            }
+
+        received = []
+        for resource_spans in request.resource_spans:
+            service = values(resource_spans.resource.attributes).get("service.name", "")
+            for scope_spans in resource_spans.scope_spans:
+                for span in scope_spans.spans:
+                    received.append(
+                        ReceivedSpan(
+                            service=service,
+                            name=span.name,
+                            kind=trace_pb2.Span.SpanKind.Name(span.kind).removeprefix("SPAN_KIND_"),
+                            trace_id=span.trace_id.hex(),
+                            span_id=span.span_id.hex(),
+                            parent_span_id=span.parent_span_id.hex(),
+                            linked=tuple((link.trace_id.hex(), link.span_id.hex()) for link in span.links),
+                            attributes=values(span.attributes),
+                        )
+                    )
+        self.spans.extend(received)
+        self.requests += 1
+
+    def of_trace(self, trace_id: str) -> list[ReceivedSpan]:
+        return [span for span in list(self.spans) if span.trace_id == trace_id]
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

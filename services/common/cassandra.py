@@ -1,6 +1,6 @@
 """Async access to Cassandra over cassandra-driver: awaitable execute, prepared statements once,
-per-call timeouts from the request budget, latency per statement kind, idempotent schema
-application."""
+per-call timeouts from the request budget, latency per statement kind (and a span per statement
+inside a sampled span, when spans are exported), idempotent schema application."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, N
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 from cassandra.query import BatchStatement, BatchType, PreparedStatement, dict_factory
 
-from services.common import deadlines
+from services.common import deadlines, tracing
 from services.common.errors import Unavailable
 from services.common.metrics import CassandraMetrics, StatementKind, serial_kind, statement_kind
 from services.common.settings import CommonSettings
@@ -49,6 +49,7 @@ class CassandraClient:
         self._prepared: dict[str, PreparedStatement] = {}
         self._kinds: dict[str, StatementKind] = {}
         self.metrics = CassandraMetrics()
+        self._spans = tracing.span_export()
 
     @classmethod
     def connect(
@@ -128,28 +129,50 @@ class CassandraClient:
         budget = timeout_s if timeout_s is not None else deadlines.remaining_s()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
+        span = (
+            self._spans.store_span("cassandra", kind[0], self._span_attributes(statement, kind))
+            if self._spans is not None and kind is not None
+            else None
+        )
         started = time.perf_counter()
         try:
             response = self.session.execute_async(statement, parameters, timeout=budget)
         except (NoHostAvailable, DriverException) as error:
             self._count_error(kind, error)
+            if span is not None:
+                span.end(error)
             raise Unavailable(f"Cassandra is unreachable: {type(error).__name__}") from error
         response.add_callbacks(
             lambda rows: loop.call_soon_threadsafe(_resolve_future, future, rows),
             lambda error: loop.call_soon_threadsafe(_fail_future, future, error),
         )
+        failure: BaseException | None = None
         try:
             rows = await future
         except (NoHostAvailable, DriverException) as error:
+            failure = error
             self._count_error(kind, error)
             raise Unavailable(f"Cassandra did not answer in time: {type(error).__name__}") from error
-        except Exception as error:
-            self._count_error(kind, error)
+        except BaseException as error:
+            failure = error
+            if isinstance(error, Exception):
+                self._count_error(kind, error)
             raise
         finally:  # failures and calls cut short by their deadline are timed too
             if kind is not None:
                 self.metrics.observe(kind, time.perf_counter() - started)
+            if span is not None:
+                span.end(failure)
         return list(rows or ())
+
+    def _span_attributes(self, statement: Any, kind: StatementKind) -> dict[str, str]:
+        attributes = {"db.namespace": self.keyspace, "rapport.cassandra.lwt": kind[1]}
+        # Prepared statements hold placeholders, never values.
+        prepared = getattr(statement, "prepared_statement", statement)
+        query = getattr(prepared, "query_string", None)
+        if isinstance(query, str):
+            attributes["db.query.text"] = query
+        return attributes
 
     def _count_error(self, kind: StatementKind | None, error: BaseException) -> None:
         if kind is not None:

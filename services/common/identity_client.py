@@ -1,5 +1,6 @@
 """The identity service as the other services use it: resolve identifiers, list a person's identifiers,
-erase a person, follow merges. Every call gets what remains of the request's budget."""
+erase a person, follow merges. Every call gets what remains of the request's budget, and carries
+the request's trace context."""
 
 from __future__ import annotations
 
@@ -13,11 +14,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rapport.common.v1 import identifier_pb2
 from rapport.identity.v1 import identity_service_pb2 as identity_pb
 from rapport.identity.v1 import identity_service_pb2_grpc as identity_grpc
-from services.common import deadlines
+from services.common import deadlines, tracing
 from services.common.errors import InvalidArgument, NotFound, RapportError, Unavailable
 from services.common.identifiers import IdentifierKey
 
 BATCH_RESOLVE_LIMIT = 1000
+# RPC names as traces show them.
+_IDENTITY_SERVICE = identity_pb.DESCRIPTOR.services_by_name["IdentityService"].full_name
+_BATCH_RESOLVE = f"{_IDENTITY_SERVICE}/BatchResolve"
+_GET_PERSON = f"{_IDENTITY_SERVICE}/GetPerson"
+_FORGET = f"{_IDENTITY_SERVICE}/Forget"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,11 +77,12 @@ class IdentityClient:
         for start in range(0, len(unique), BATCH_RESOLVE_LIMIT):
             chunk = unique[start : start + BATCH_RESOLVE_LIMIT]
             try:
-                reply = await self._stub.BatchResolve(
-                    identity_pb.BatchResolveRequest(identifiers=[_to_proto(identifier) for identifier in chunk]),
-                    metadata=self._metadata,
-                    timeout=deadlines.remaining_s(0.01),
-                )
+                with tracing.outgoing(_BATCH_RESOLVE, self._metadata) as metadata:
+                    reply = await self._stub.BatchResolve(
+                        identity_pb.BatchResolveRequest(identifiers=[_to_proto(identifier) for identifier in chunk]),
+                        metadata=metadata,
+                        timeout=deadlines.remaining_s(0.01),
+                    )
             except grpc.aio.AioRpcError as error:
                 raise self._error(error, "identifiers") from error
             for identifier, resolution in zip(chunk, reply.resolutions, strict=True):
@@ -85,11 +92,12 @@ class IdentityClient:
     async def _person(self, person_id: str) -> identity_pb.Person | None:
         """Identity's view of a person (the survivor, for a merged-away id); None if unknown."""
         try:
-            reply = await self._stub.GetPerson(
-                identity_pb.GetPersonRequest(person_id=person_id),
-                metadata=self._metadata,
-                timeout=deadlines.remaining_s(0.01),
-            )
+            with tracing.outgoing(_GET_PERSON, self._metadata) as metadata:
+                reply = await self._stub.GetPerson(
+                    identity_pb.GetPersonRequest(person_id=person_id),
+                    metadata=metadata,
+                    timeout=deadlines.remaining_s(0.01),
+                )
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:
                 return None
@@ -123,11 +131,12 @@ class IdentityClient:
     async def forget(self, person_id: str) -> list[str]:
         """Erase the person in identity; the persons erased (it and those merged into it)."""
         try:
-            reply = await self._stub.Forget(
-                identity_pb.ForgetRequest(person_id=person_id),
-                metadata=self._metadata,
-                timeout=deadlines.remaining_s(0.01),
-            )
+            with tracing.outgoing(_FORGET, self._metadata) as metadata:
+                reply = await self._stub.Forget(
+                    identity_pb.ForgetRequest(person_id=person_id),
+                    metadata=metadata,
+                    timeout=deadlines.remaining_s(0.01),
+                )
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:
                 return []

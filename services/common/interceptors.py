@@ -1,6 +1,7 @@
-"""The one server interceptor of every service: request id, auth, deadline, metrics, errors, logs.
+"""The one server interceptor of every service: request id, auth, deadline, trace context,
+metrics, errors, logs.
 
-One interceptor doing five small steps costs one handler wrap per RPC instead of five, which
+One interceptor doing six small steps costs one handler wrap per RPC instead of six, which
 matters on the hot path (Resolve is called on every storefront click).
 """
 
@@ -23,6 +24,7 @@ from redis.exceptions import RedisError
 from services.common import deadlines
 from services.common.auth import ApiKeyRegistry, Principal, require_scope
 from services.common.errors import DeadlineExceeded, RapportError, Unavailable, internal_status, to_rpc_status
+from services.common.tracing import PASS_THROUGH, TRACEPARENT, TRACESTATE, RequestTrace, RpcTracing
 
 # Probes and discovery must work without a key (Kubernetes, grpc-health-probe, grpcurl).
 PUBLIC_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -78,19 +80,41 @@ class InterceptorConfig:
     method_scopes: Mapping[str, str]
 
 
-def _metadata_value(metadata: Any, key: str) -> str | None:
-    for item in metadata or ():
-        if item[0] == key:
-            value = item[1]
-            return value.decode() if isinstance(value, bytes) else str(value)
-    return None
+_REQUEST_ID = "x-request-id"
+_AUTHORIZATION = "authorization"
+
+
+def _call_headers(metadata: Any) -> tuple[str | None, str | None, str | None, str | None]:
+    """(request id, authorization, traceparent, tracestate) from the call's metadata, in one pass."""
+    request_id = authorization = traceparent = tracestate = None
+    for key, value in metadata or ():
+        if key == _AUTHORIZATION:
+            authorization = value
+        elif key == _REQUEST_ID:
+            request_id = value
+        elif key == TRACEPARENT:
+            traceparent = value
+        elif key == TRACESTATE:
+            tracestate = value
+    return request_id, authorization, traceparent, tracestate
+
+
+# The tracing of a call (None for probes), and the trace headers it came with.
+_TraceContext = tuple[RpcTracing | None, str | None, str | None]
 
 
 class RapportServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    def __init__(self, config: InterceptorConfig, api_keys: ApiKeyRegistry, metrics: RpcMetrics) -> None:
+    def __init__(
+        self,
+        config: InterceptorConfig,
+        api_keys: ApiKeyRegistry,
+        metrics: RpcMetrics,
+        tracing: RpcTracing = PASS_THROUGH,
+    ) -> None:
         self._config = config
         self._api_keys = api_keys
         self._metrics = metrics
+        self._tracing = tracing
 
     async def intercept_service(
         self,
@@ -101,13 +125,18 @@ class RapportServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
         if handler is None:
             return None
         method: str = handler_call_details.method
-        metadata = handler_call_details.invocation_metadata
-        request_id = _metadata_value(metadata, "x-request-id") or new_request_id()
+        sent_request_id, authorization, traceparent, tracestate = _call_headers(
+            handler_call_details.invocation_metadata
+        )
+        request_id = sent_request_id or new_request_id()
         auth_error: RapportError | None = None
         principal: Principal | None = None
+        # Probes and discovery are not traced: a health check every second is no one's request.
+        tracing: RpcTracing | None = None
         if not method.startswith(PUBLIC_METHOD_PREFIXES):
+            tracing = self._tracing
             try:
-                principal = self._api_keys.authenticate(_metadata_value(metadata, "authorization"))
+                principal = self._api_keys.authenticate(authorization)
                 scope = self._config.method_scopes.get(method)
                 if scope is None:  # deny by default: every method must declare its scope
                     scope = f"undeclared:{method}"
@@ -115,15 +144,16 @@ class RapportServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
             except RapportError as error:
                 auth_error = error
 
+        trace_context = (tracing, traceparent, tracestate)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(handler.unary_unary, method, request_id, principal, auth_error),
+                self._wrap_unary(handler.unary_unary, method, request_id, principal, auth_error, trace_context),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(handler.unary_stream, method, request_id, principal, auth_error),
+                self._wrap_stream(handler.unary_stream, method, request_id, principal, auth_error, trace_context),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
@@ -146,12 +176,21 @@ class RapportServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
         started: float,
         code: str,
         error: BaseException | None,
+        trace: RequestTrace | None,
     ) -> None:
         elapsed = time.perf_counter() - started
         self._metrics.observe(method, code, elapsed)
+        if trace is not None:
+            trace.end(code, error)
         if error is not None and not isinstance(error, RapportError):
             log.error(
-                "rpc_failed", rpc=method, request_id=request_id, code=code, ms=round(elapsed * 1000, 2), exc_info=error
+                "rpc_failed",
+                rpc=method,
+                request_id=request_id,
+                trace_id=trace.trace_id() if trace is not None else None,
+                code=code,
+                ms=round(elapsed * 1000, 2),
+                exc_info=error,
             )
         elif (
             self._config.access_log
@@ -162,6 +201,7 @@ class RapportServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
                 "rpc",
                 rpc=method,
                 request_id=request_id,
+                trace_id=trace.trace_id() if trace is not None else None,
                 code=code,
                 ms=round(elapsed * 1000, 2),
                 caller=principal.name if principal else None,
@@ -174,12 +214,21 @@ class RapportServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
         )
 
     def _wrap_unary(
-        self, behaviour: Any, method: str, request_id: str, principal: Principal | None, auth_error: RapportError | None
+        self,
+        behaviour: Any,
+        method: str,
+        request_id: str,
+        principal: Principal | None,
+        auth_error: RapportError | None,
+        trace_context: _TraceContext,
     ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+        tracing, traceparent, tracestate = trace_context
+
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
+            trace = tracing.start(method, traceparent, tracestate, request_id) if tracing is not None else None
             if auth_error is not None:
-                self._finish(method, request_id, principal, started, auth_error.grpc_code.name, auth_error)
+                self._finish(method, request_id, principal, started, auth_error.grpc_code.name, auth_error, trace)
                 await self._abort(context, auth_error, request_id)
             budget = self._budget(context)
             token = deadlines.set_deadline(budget)
@@ -187,38 +236,49 @@ class RapportServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
                 async with asyncio.timeout(budget):
                     response = await behaviour(request, context)
             except RapportError as error:
-                self._finish(method, request_id, principal, started, error.grpc_code.name, error)
+                self._finish(method, request_id, principal, started, error.grpc_code.name, error, trace)
                 await self._abort(context, error, request_id)
             except TimeoutError:
                 expired = DeadlineExceeded()
-                self._finish(method, request_id, principal, started, "DEADLINE_EXCEEDED", expired)
+                self._finish(method, request_id, principal, started, "DEADLINE_EXCEEDED", expired, trace)
                 await self._abort(context, expired, request_id)
             except asyncio.CancelledError:
-                self._finish(method, request_id, principal, started, "CANCELLED", None)
+                self._finish(method, request_id, principal, started, "CANCELLED", None, trace)
                 raise
-            except grpc.aio.AbortError:
+            except grpc.aio.AbortError:  # the handler aborted by itself (Rapport's handlers raise instead)
+                if trace is not None:
+                    trace.end("UNKNOWN")
                 raise
             except RedisError as store_error:  # still failing after the client's retries
                 unavailable = Unavailable(f"Redis is unreachable: {type(store_error).__name__}")
-                self._finish(method, request_id, principal, started, "UNAVAILABLE", unavailable)
+                self._finish(method, request_id, principal, started, "UNAVAILABLE", unavailable, trace)
                 await self._abort(context, unavailable, request_id)
             except Exception as unexpected:
-                self._finish(method, request_id, principal, started, "INTERNAL", unexpected)
+                self._finish(method, request_id, principal, started, "INTERNAL", unexpected, trace)
                 await self._abort(context, None, request_id)
             finally:
                 deadlines.reset_deadline(token)
-            self._finish(method, request_id, principal, started, "OK", None)
+            self._finish(method, request_id, principal, started, "OK", None, trace)
             return response
 
         return handle
 
     def _wrap_stream(
-        self, behaviour: Any, method: str, request_id: str, principal: Principal | None, auth_error: RapportError | None
+        self,
+        behaviour: Any,
+        method: str,
+        request_id: str,
+        principal: Principal | None,
+        auth_error: RapportError | None,
+        trace_context: _TraceContext,
     ) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]:
+        tracing, traceparent, tracestate = trace_context
+
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             started = time.perf_counter()
+            trace = tracing.start(method, traceparent, tracestate, request_id) if tracing is not None else None
             if auth_error is not None:
-                self._finish(method, request_id, principal, started, auth_error.grpc_code.name, auth_error)
+                self._finish(method, request_id, principal, started, auth_error.grpc_code.name, auth_error, trace)
                 await self._abort(context, auth_error, request_id)
             # A stream lives as long as the caller wants; each step still gets the default budget.
             code = "OK"
@@ -227,16 +287,17 @@ class RapportServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
                     yield response
             except RapportError as error:
                 code = error.grpc_code.name
-                self._finish(method, request_id, principal, started, code, error)
+                self._finish(method, request_id, principal, started, code, error, trace)
                 await self._abort(context, error, request_id)
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 code = "CANCELLED"
                 raise
             except Exception as unexpected:
-                self._finish(method, request_id, principal, started, "INTERNAL", unexpected)
+                code = "INTERNAL"
+                self._finish(method, request_id, principal, started, code, unexpected, trace)
                 await self._abort(context, None, request_id)
             finally:
                 if code in ("OK", "CANCELLED"):
-                    self._finish(method, request_id, principal, started, code, None)
+                    self._finish(method, request_id, principal, started, code, None, trace)
 
         return handle

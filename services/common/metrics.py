@@ -130,14 +130,15 @@ class RedisMetrics(MetricGroup):
     def observe(self, command: Any, seconds: float) -> None:
         timer = self._timers.get(command)
         if timer is None:
-            timer = self._timers[command] = self._latency.labels(_command_label(command))
+            timer = self._timers[command] = self._latency.labels(command_label(command))
         timer.observe(seconds)
 
     def failed(self, command: Any, error: BaseException) -> None:
-        self._errors.labels(_command_label(command), type(error).__name__).inc()
+        self._errors.labels(command_label(command), type(error).__name__).inc()
 
 
-def _command_label(command: Any) -> str:
+def command_label(command: Any) -> str:
+    """A Redis command as a label (`GET`, `EVALSHA`): as redis-py passes it, upper-cased."""
     text = command.decode() if isinstance(command, bytes) else str(command)
     return text.upper()[:40]
 

@@ -35,6 +35,15 @@ from services.profile.reader import ProfileReader
 log = structlog.get_logger("rapport.decision")
 MINUTE_MS = 60_000
 DAY_MS = 86_400_000
+DECISION_WRITES_EVERY_S = 0.2
+
+
+async def keep_writing_decisions(store: DecisionStore) -> None:
+    """Writes the decisions Decide queued, a few times a second: one round trip for all of them
+    instead of one per Decide."""
+    while True:
+        await asyncio.sleep(DECISION_WRITES_EVERY_S)
+        await store.write_behind()
 
 
 async def build_decision(settings: DecisionSettings) -> ServiceRegistration:
@@ -97,15 +106,19 @@ async def build_decision(settings: DecisionSettings) -> ServiceRegistration:
     except RedisError as error:  # start anyway: Decide answers degraded, learning retries
         log.warning("start_without_redis", error=type(error).__name__)
         loaded = False
-    background = [asyncio.create_task(learner.run(loaded), name="decision-learning")]
+    background = [
+        asyncio.create_task(learner.run(loaded), name="decision-learning"),
+        asyncio.create_task(keep_writing_decisions(store), name="decision-history"),
+    ]
 
     async def close() -> None:
         await cancel_tasks(background)
+        await store.write_behind()
         await reader.close()
         await identity.close()
         await redis.close()
 
-    servicer = DecisionServicer(decider, CatalogAdmin(store, catalog), configuration)
+    servicer = DecisionServicer(decider, CatalogAdmin(store, catalog), configuration, store)
     return ServiceRegistration(
         full_name=SERVICE_NAME,
         add_to_server=lambda server: pb_grpc.add_DecisionServiceServicer_to_server(servicer, server),

@@ -205,6 +205,10 @@ class ConfigurationAdmin:
         await self.reload()
         return experiment
 
+    async def list_experiments(self) -> list[StoredExperiment]:
+        raw = await self._store.load_config(EXPERIMENTS)
+        return [_experiment_from(experiment_id, value) for experiment_id, value in sorted(raw.items())]
+
     async def experiment_report(
         self, experiment_id: str, conversion: str
     ) -> tuple[StoredExperiment, Sequence[ArmFigures]] | None:

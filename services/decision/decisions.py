@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import structlog
@@ -21,6 +20,7 @@ from services.common.identifiers import IdentifierKey
 from services.common.identity_client import IdentityClient
 from services.decision.adapters.redis_store import DecisionStore
 from services.decision.domain import bandit, experiments, messages
+from services.decision.domain.bandit import FloatArray
 from services.decision.domain.catalog import category_name
 from services.decision.domain.decision_ids import DecisionIds, DecisionRecord, InvalidDecisionId, new_nonce
 from services.decision.domain.recommenders import Candidate
@@ -122,22 +122,23 @@ class DecisionRules:
     default_language: str
 
 
-class _BanditCache:
-    """Strategy counts per situation key, shared through Redis, read at most every few seconds."""
+class _BanditBeliefs:
+    """Each strategy's posterior per situation key (and policy), from the counts shared through
+    Redis, read at most every few seconds: Decide then only draws from them."""
 
     def __init__(self) -> None:
-        self._entries: dict[str, tuple[float, dict[str, float]]] = {}
+        self._entries: dict[tuple[str, tuple[Strategy, ...]], tuple[float, tuple[FloatArray, FloatArray]]] = {}
 
-    def get(self, key: str) -> dict[str, float] | None:
-        entry = self._entries.get(key)
+    def get(self, key: str, strategies: tuple[Strategy, ...]) -> tuple[FloatArray, FloatArray] | None:
+        entry = self._entries.get((key, strategies))
         if entry is None or entry[0] < time.monotonic():
             return None
         return entry[1]
 
-    def put(self, key: str, counts: dict[str, float]) -> None:
+    def put(self, key: str, strategies: tuple[Strategy, ...], beliefs: tuple[FloatArray, FloatArray]) -> None:
         if len(self._entries) >= BANDIT_CACHE_MAX:
             self._entries.clear()
-        self._entries[key] = (time.monotonic() + BANDIT_CACHE_S, counts)
+        self._entries[(key, strategies)] = (time.monotonic() + BANDIT_CACHE_S, beliefs)
 
 
 def arm_stats(counts: Mapping[str, float], strategies: Sequence[Strategy]) -> dict[str, bandit.ArmStats]:
@@ -166,9 +167,8 @@ class Decider:
         self._ids = ids
         self.rules = rules
         self.config = config
-        self._bandit_cache = _BanditCache()
+        self._bandit_beliefs = _BanditBeliefs()
         self._rng = np.random.default_rng()
-        self._background: set[asyncio.Task[None]] = set()
         self.metrics = metrics or DecisionMetrics()
 
     # ------------------------------------------------------------------ Decide
@@ -220,7 +220,7 @@ class Decider:
             experiment, forced_by_arm = running
             experiment_id, arm = experiment.experiment_id, experiments.assign(experiment, person_id)
             forced = forced_by_arm.get(arm)
-            self._in_background(self._store.count_exposure(experiment_id, arm))
+            self._store.count_exposure(experiment_id, arm)
 
         key_parts = self._situation_key(visitor, situation_name)
         situation_key = bandit.situation_key(key_parts)
@@ -285,6 +285,23 @@ class Decider:
             DecisionRecord(person_id, situation_name, situation_key, lead.name, experiment_id, arm, now_ms, new_nonce())
         )
         self.metrics.decided(query.placement, degraded)
+        self._store.remember_decision(
+            person_id,
+            decision_id=decision_id,
+            decided_ms=now_ms,
+            placement=query.placement,
+            situation=situation_name,
+            situation_key=situation_key,
+            lead_strategy=lead,
+            segment_ids=segment_ids,
+            experiment_id=experiment_id,
+            arm=arm,
+            degraded_reasons=degraded,
+            items=items,
+            headline=message.headline,
+            body=message.body,
+            language=message.language,
+        )
         return Decision(
             decision_id,
             person_id,
@@ -316,23 +333,21 @@ class Decider:
         ]
 
     async def _choose(
-        self, situation_key: str, situation_name: str, strategies: Sequence[Strategy], degraded: list[str]
+        self, situation_key: str, situation_name: str, strategies: tuple[Strategy, ...], degraded: list[str]
     ) -> Strategy:
-        micro = self._bandit_cache.get(situation_key)
-        parent = self._bandit_cache.get(situation_name)
-        if micro is None or parent is None:
+        beliefs = self._bandit_beliefs.get(situation_key, strategies)
+        if beliefs is None:
             try:
                 async with asyncio.timeout(self._stage_budget(0.5)):
                     micro, parent = await self._store.bandit_counts([situation_key, situation_name])
-                self._bandit_cache.put(situation_key, micro)
-                self._bandit_cache.put(situation_name, parent)
             except (TimeoutError, RedisError):
                 degraded.append("bandit_unavailable")
                 return strategies[0]
-        chosen = bandit.choose_strategy_in_situation(
-            [s.name for s in strategies], [arm_stats(parent, strategies), arm_stats(micro, strategies)], self._rng
-        )
-        return Strategy[chosen]
+            beliefs = bandit.posteriors_in_situation(
+                [s.name for s in strategies], [arm_stats(parent, strategies), arm_stats(micro, strategies)]
+            )
+            self._bandit_beliefs.put(situation_key, strategies, beliefs)
+        return strategies[bandit.thompson_pick(beliefs, self._rng)]
 
     def _message_values(self, visitor: Visitor, situation: Situation | None, page: Page) -> dict[str, str]:
         category = page.category
@@ -347,11 +362,6 @@ class Decider:
         if favourites:
             values["favourite_categories"] = " & ".join(category_name(key) for key in favourites)
         return values
-
-    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
 
     # ------------------------------------------------------------------ Feedback
     async def feedback(self, decision_id: str, kind: str, product_id: str) -> bool:

@@ -12,6 +12,7 @@ from dataclasses import replace
 
 import structlog
 
+from services.common import tracing
 from services.common.clock import now_ms
 from services.common.errors import FailedPrecondition, NotFound
 from services.messaging.adapters.cassandra_store import Contact, MessagingStore, StoredRule
@@ -35,22 +36,24 @@ RULES_REFRESH_S = 5.0
 EXPORT_CHUNK_ROWS = 1000
 
 
-def instance_to_json(instance: TriggerInstance, fired: bool = False) -> str:
-    return json.dumps(
-        {
-            "fired": fired,
-            "kind": instance.kind.name,
-            "person": instance.person_id,
-            "due": instance.due_at_ms,
-            "channels": [channel.name for channel in instance.channels],
-            "key": instance.idempotency_key,
-            "anchor": instance.anchor_ms,
-            "products": list(instance.product_ids),
-            "order": instance.order_id,
-            "category": instance.category,
-        },
-        separators=(",", ":"),
-    )
+def instance_to_json(instance: TriggerInstance, fired: bool = False, traceparent: str = "") -> str:
+    """The instance as its deliveries keep it; `traceparent` is the trace that scheduled it, which
+    the send links to (see `trigger_traceparent`)."""
+    data: dict[str, object] = {
+        "fired": fired,
+        "kind": instance.kind.name,
+        "person": instance.person_id,
+        "due": instance.due_at_ms,
+        "channels": [channel.name for channel in instance.channels],
+        "key": instance.idempotency_key,
+        "anchor": instance.anchor_ms,
+        "products": list(instance.product_ids),
+        "order": instance.order_id,
+        "category": instance.category,
+    }
+    if traceparent:
+        data["trace"] = traceparent
+    return json.dumps(data, separators=(",", ":"))
 
 
 def instance_from_json(text: str) -> tuple[TriggerInstance, bool]:
@@ -69,6 +72,15 @@ def instance_from_json(text: str) -> tuple[TriggerInstance, bool]:
         category=data.get("category", ""),
     )
     return instance, bool(data.get("fired"))
+
+
+def trigger_traceparent(text: str) -> str:
+    """The `traceparent` of the request (or batch of events) that scheduled an instance; '' if none."""
+    try:
+        trace = json.loads(text).get("trace", "")
+    except (ValueError, AttributeError):
+        return ""
+    return trace if isinstance(trace, str) else ""
 
 
 # Kinds whose repeats (the same instance fired again) push a pending send later: the visitor is
@@ -125,7 +137,7 @@ class Messaging:
     async def schedule(self, instance: TriggerInstance, fired: bool = False) -> tuple[bool, list[str]]:
         """Schedule one delivery per channel; (created, delivery ids). A key seen before creates nothing."""
         at = now_ms()
-        data = instance_to_json(instance, fired)
+        data = instance_to_json(instance, fired, tracing.current_traceparent())
         deliveries = [
             Delivery(
                 delivery_id=delivery_id_for(instance.idempotency_key, channel.name),

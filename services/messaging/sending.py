@@ -9,6 +9,11 @@ Every replica runs all four loops; Redis makes them agree (see adapters/redis_qu
   claimed again after `claim_idle_ms` and the send is attempted again (at least once, and the
   `done` marker makes a completed one a no-op: see README for the one window that remains).
 - `AudienceSync` posts retargeting members to the audience endpoint in batches.
+
+With spans exported (services/common/tracing.py), a batch of profile events and each send are
+traces of their own; a send links to the trace that scheduled it (the FireTrigger call or the
+batch of events), kept in the delivery's trigger data. A link rather than a parent: a send runs
+minutes to days after its trigger, longer than a trace is meant to last.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import jinja2
 import structlog
 
 from rapport.common.v1 import identifier_pb2
+from services.common import tracing
 from services.common.clock import now_ms
 from services.common.identity_client import IdentityClient
 from services.messaging.adapters.cassandra_store import Contact, MessagingStore, StoredAudienceMember
@@ -65,7 +71,7 @@ from services.messaging.domain.triggers import (
     still_due,
     triggers_for_event,
 )
-from services.messaging.messaging import Messaging, RuleCatalog, instance_from_json
+from services.messaging.messaging import Messaging, RuleCatalog, instance_from_json, trigger_traceparent
 from services.messaging.metrics import DeliveryMetrics
 from services.profile.reader import ProfileReader
 
@@ -144,7 +150,8 @@ class TriggerIntake:
                 if not entries:
                     entries = await self._queue.read_events(self._consumer, 200, 1000)
                 if entries:
-                    await self.handle(entries)
+                    with tracing.job_span("messaging.trigger_intake", attributes={"rapport.events": len(entries)}):
+                        await self.handle(entries)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -298,7 +305,13 @@ class Sender:
         if not await self._queue.lease(delivery_id, self._consumer, self._config.claim_idle_ms):
             return None
         try:
-            return await self._process_leased(entry_id, delivery)
+            send_attributes = {
+                "rapport.delivery_id": delivery_id,
+                "rapport.channel": delivery.channel,
+                "rapport.trigger": delivery.kind,
+            }
+            with tracing.job_span("messaging.send", trigger_traceparent(delivery.trigger_data), send_attributes):
+                return await self._process_leased(entry_id, delivery)
         finally:
             with contextlib.suppress(Exception):
                 await self._queue.release(delivery_id, self._consumer)

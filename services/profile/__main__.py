@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-
-from services.common.logging import configure_logging
-from services.common.server import serve
-from services.common.settings import load_settings
+from services.common.server import run_service
 from services.profile.bootstrap import build_profile
 from services.profile.settings import ProfileSettings
 
 
 def main() -> None:
-    settings = load_settings(ProfileSettings)
-    configure_logging(settings.service_name, settings.log_level)
-    asyncio.run(serve(settings, build_profile))  # type: ignore[arg-type]
+    run_service(ProfileSettings, build_profile)
 
 
 if __name__ == "__main__":

@@ -11,20 +11,23 @@ import grpc
 
 from rapport.profile.v1 import profile_service_pb2 as profile_pb
 from rapport.profile.v1 import profile_service_pb2_grpc as profile_grpc
+from services.common import tracing
 from services.common.redis import RedisClient
 from services.profile.adapters.redis_state import RedisProfileState
 from services.profile.domain.state import ProfileState
-from services.profile.live import LiveProfile, complete_live_profile
+from services.profile.live import LiveProfile, RecentPriceDistributions, complete_live_profile
 
 # A person profile has nothing for (a first visit) is not asked about again for this long.
 EMPTY_MEMORY_S = 10.0
 EMPTY_MEMORY_MAX = 100_000
+_GET_PROFILE = f"{profile_pb.DESCRIPTOR.services_by_name['ProfileService'].full_name}/GetProfile"
 
 
 class ProfileReader:
     def __init__(self, redis: RedisClient, profile_address: str, api_key: str, tls_ca_file: str = "") -> None:
         # The TTL only matters to writers; readers never write a state.
         self._live = RedisProfileState(redis, state_ttl_s=0)
+        self._prices = RecentPriceDistributions(self._live)
         if tls_ca_file:
             credentials = grpc.ssl_channel_credentials(Path(tls_ca_file).read_bytes())
             self._channel = grpc.aio.secure_channel(profile_address, credentials)
@@ -43,7 +46,7 @@ class ProfileReader:
         if stored.data is None:
             return None
         state = ProfileState.from_dict(stored.data)
-        return await complete_live_profile(self._live, state, stored.attributes or {})
+        return await complete_live_profile(self._live, state, stored.attributes or {}, self._prices)
 
     def known_empty(self, person_id: str) -> bool:
         until = self._empty_until.get(person_id)
@@ -51,11 +54,14 @@ class ProfileReader:
 
     async def rebuild(self, person_id: str, timeout_s: float) -> None:
         """Has profile rebuild the person's live state (from Cassandra) into Redis."""
-        await self._profiles.GetProfile(
-            profile_pb.GetProfileRequest(person=profile_pb.PersonSelector(person_id=person_id), timeline_page_size=0),
-            metadata=self._metadata,
-            timeout=timeout_s,
-        )
+        with tracing.outgoing(_GET_PROFILE, self._metadata) as metadata:
+            await self._profiles.GetProfile(
+                profile_pb.GetProfileRequest(
+                    person=profile_pb.PersonSelector(person_id=person_id), timeline_page_size=0
+                ),
+                metadata=metadata,
+                timeout=timeout_s,
+            )
 
     def remember_empty(self, person_id: str) -> None:
         if len(self._empty_until) >= EMPTY_MEMORY_MAX:

@@ -434,3 +434,120 @@ async def test_without_redis_decide_answers_degraded_from_memory(
             for reason in reply.degraded_reasons:
                 assert metrics[f'rapport_decision_degraded_reasons_total{{reason="{reason}"}}'] >= 1
             assert any(s.startswith("rapport_redis_command_errors_total{") for s in metrics)
+
+
+async def test_latest_decisions_are_kept_per_person_with_their_reasons(
+    decision: DecisionHarness, profile: ProfileHarness, shop: dict[str, tuple[str, ...]]
+) -> None:
+    sweaters = [pid for pid, path in shop.items() if path == SWEATERS]
+    visitor = cookie(f"history-{uuid.uuid4().hex}")
+    start = now_ms() - 120 * MINUTE_MS
+    await track(
+        profile,
+        event(event_pb2.EVENT_TYPE_PRODUCT_VIEW, visitor, start, product=product_ref(sweaters[0], SWEATERS, 50)),
+        event(
+            event_pb2.EVENT_TYPE_ADD_TO_CART,
+            visitor,
+            start + 1000,
+            product=product_ref(sweaters[0], SWEATERS, 50),
+            quantity=1,
+        ),
+    )
+    first = await decide(decision, visitor, count=4)
+    second = await decision.call(
+        "Decide",
+        pb.DecideRequest(person_id=first.person_id, placement=pb.PLACEMENT_CART, count=3, page=pb.PageContext()),
+        timeout=2.0,
+    )
+
+    async def both_kept() -> bool:
+        listed = await decision.call("ListDecisions", pb.ListDecisionsRequest(person_id=first.person_id))
+        return len(listed.decisions) == 2
+
+    await wait_until(both_kept)
+    listed = await decision.call("ListDecisions", pb.ListDecisionsRequest(person_id=first.person_id))
+    newest, oldest = listed.decisions
+    assert (newest.decision_id, oldest.decision_id) == (second.decision_id, first.decision_id)  # newest first
+    assert newest.placement == pb.PLACEMENT_CART and oldest.placement == pb.PLACEMENT_HOME
+    assert oldest.situation == first.situation == pb.SITUATION_ABANDONED_CART
+    assert oldest.lead_strategy == first.lead_strategy and oldest.situation_key == first.situation_key
+    assert oldest.message.headline == first.message.headline and oldest.message.body == first.message.body
+    assert oldest.degraded == first.degraded and list(oldest.degraded_reasons) == list(first.degraded_reasons)
+    assert list(oldest.segment_ids) == list(first.segment_ids)
+    assert [(i.product_id, i.strategy, i.reason, i.title) for i in oldest.items] == [
+        (i.product_id, i.strategy, i.reason, i.title) for i in first.items
+    ]
+    assert all(item.reason for item in oldest.items)
+    assert abs(oldest.decide_time.ToMilliseconds() - now_ms()) < 60_000
+    one = await decision.call("ListDecisions", pb.ListDecisionsRequest(person_id=first.person_id, limit=1))
+    assert [d.decision_id for d in one.decisions] == [second.decision_id]
+
+    # A capped list: the 20 latest, expiring in 30 days.
+    for _ in range(22):
+        await decision.call(
+            "Decide", pb.DecideRequest(person_id=first.person_id, placement=pb.PLACEMENT_HOME, count=2), timeout=2.0
+        )
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(decision.settings.redis_url)
+    key = f"{decision.settings.redis_prefix}decision:recent:{first.person_id}"
+    try:
+
+        async def capped() -> bool:
+            listed = await decision.call("ListDecisions", pb.ListDecisionsRequest(person_id=first.person_id))
+            return len(listed.decisions) == 20 and first.decision_id not in {d.decision_id for d in listed.decisions}
+
+        await wait_until(capped)
+        assert await client.llen(key) == 20
+        assert 29 * 86_400 < await client.ttl(key) <= 30 * 86_400
+    finally:
+        await client.aclose()
+
+    nobody = await decision.call("ListDecisions", pb.ListDecisionsRequest(person_id=uuid.uuid4().hex))
+    assert list(nobody.decisions) == []
+
+
+@pytest.mark.parametrize(
+    ("request_", "field"),
+    [
+        (pb.ListDecisionsRequest(person_id="not-a-person"), "person_id"),
+        (pb.ListDecisionsRequest(), "person_id"),
+        (pb.ListDecisionsRequest(person_id=PERSON, limit=21), "limit"),
+        (pb.ListDecisionsRequest(person_id=PERSON, limit=-1), "limit"),
+    ],
+)
+async def test_bad_list_decisions_requests_name_the_field(decision: DecisionHarness, request_: Any, field: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await decision.call("ListDecisions", request_)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [violation for violation, _ in error_details(raised.value).field_violations] == [field]
+
+
+async def test_experiments_are_listed_and_need_the_admin_scope(decision: DecisionHarness) -> None:
+    experiment_ids = sorted(f"list-{uuid.uuid4().hex[:8]}" for _ in range(2))
+    for experiment_id in experiment_ids:
+        await decision.call(
+            "CreateExperiment",
+            pb.CreateExperimentRequest(
+                experiment=pb.Experiment(
+                    experiment_id=experiment_id,
+                    arms=[pb.ExperimentArm(name="similar", weight=2.0, strategy=pb.STRATEGY_SIMILAR_ITEMS)],
+                    holdout_share=0.2,
+                    placements=[pb.PLACEMENT_SEARCH],
+                )
+            ),
+        )
+    listed = await decision.call("ListExperiments", pb.ListExperimentsRequest())
+    ids = [experiment.experiment_id for experiment in listed.experiments]
+    assert ids == sorted(ids) and set(experiment_ids) <= set(ids)
+    mine = next(experiment for experiment in listed.experiments if experiment.experiment_id == experiment_ids[0])
+    assert mine.holdout_share == pytest.approx(0.2)
+    assert list(mine.placements) == [pb.PLACEMENT_SEARCH]
+    assert [(arm.name, arm.weight, arm.strategy) for arm in mine.arms] == [("similar", 2.0, pb.STRATEGY_SIMILAR_ITEMS)]
+    for method, request_ in (
+        ("ListExperiments", pb.ListExperimentsRequest()),
+        ("ListDecisions", pb.ListDecisionsRequest(person_id=PERSON)),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await decision.call(method, request_, key=STOREFRONT_KEY)
+        assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED

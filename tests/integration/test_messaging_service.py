@@ -21,12 +21,18 @@ import grpc
 import pytest
 from aiohttp import web
 from google.protobuf.timestamp_pb2 import Timestamp
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 
 from rapport.common.v1 import event_pb2
 from rapport.common.v1 import identifier_pb2 as common
 from rapport.decision.v1 import decision_service_pb2 as decision_pb
 from rapport.messaging.v1 import messaging_service_pb2 as pb
 from rapport.profile.v1 import profile_service_pb2 as profile_pb
+from services.common import tracing
+from services.common.spans import SpanExport
 from services.messaging.domain.tokens import MessageTokens
 from tests.integration.conftest import (
     DecisionHarness,
@@ -541,3 +547,48 @@ async def test_rules_can_be_listed_disabled_and_bad_input_is_named(messaging: Me
     with pytest.raises(grpc.aio.AioRpcError) as missing:
         await messaging.call("GetDelivery", pb.GetDeliveryRequest(delivery_id="d_nothing"))
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_send_is_a_trace_linked_to_the_call_that_fired_it(
+    messaging: MessagingHarness, smtp: SmtpReceiver
+) -> None:
+    """The trigger keeps the FireTrigger call's trace context in its queued delivery; the send,
+    later and in another task, is a span of its own linked to it, and its Decide call is the
+    send's child (spans kept in memory here; the in-process servers pass trace context through)."""
+    visitor = cookie(f"msg-trace-{uuid.uuid4().hex[:8]}")
+    email = f"trace-{uuid.uuid4().hex[:8]}@example.com"
+    person = await reachable_person(messaging, visitor, email)
+    trace_id, caller_span = uuid.uuid4().hex, uuid.uuid4().hex[:16]
+    memory = InMemorySpanExporter()
+    export = SpanExport.with_processor("rapport-messaging", SimpleSpanProcessor(memory))
+    tracing.use_span_export(export)
+
+    def spans_named(name: str) -> list[ReadableSpan]:
+        return [span for span in memory.get_finished_spans() if span.name == name]
+
+    def send_of(delivery_id: str) -> list[ReadableSpan]:
+        return [
+            s for s in spans_named("messaging.send") if dict(s.attributes or {})["rapport.delivery_id"] == delivery_id
+        ]
+
+    try:
+        reply = await messaging.stub.FireTrigger(
+            pb.FireTriggerRequest(person=pb.PersonSelector(person_id=person), kind=pb.TRIGGER_KIND_WELCOME),
+            metadata=(*bearer(ADMIN_KEY), ("traceparent", f"00-{trace_id}-{caller_span}-01")),
+            timeout=10,
+        )
+        [delivery_id] = reply.delivery_ids
+        await wait_for(lambda: _first(smtp.to(email)))
+        [send] = await wait_for(lambda: send_of(delivery_id))
+    finally:
+        tracing.use_span_export(None)
+        export.shutdown()
+    assert send.kind is SpanKind.CONSUMER and send.parent is None
+    linked = [(f"{link.context.trace_id:032x}", f"{link.context.span_id:016x}") for link in send.links]
+    assert linked == [(trace_id, caller_span)]
+    decide_calls = [
+        span
+        for span in spans_named("rapport.decision.v1.DecisionService/Decide")
+        if span.kind is SpanKind.CLIENT and span.parent is not None and span.parent.span_id == send.context.span_id
+    ]
+    assert len(decide_calls) == 1

@@ -1,6 +1,6 @@
 """Decision's shared state in Redis, so that every replica agrees: the catalog and its change
 stream, segments, policies and experiments (with a version number replicas poll), strategy
-bandit counts, experiment counts and feedback dedupe."""
+bandit counts, experiment counts, feedback dedupe, and each person's latest decisions."""
 
 from __future__ import annotations
 
@@ -8,10 +8,21 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import structlog
+from redis.exceptions import RedisError
+
 from services.common.redis import RedisClient
+from services.decision.domain import recent_decisions
+from services.decision.domain.recent_decisions import RecordedDecision
+from services.decision.domain.recommenders import Candidate
+from services.decision.domain.situations import Strategy
+
+log = structlog.get_logger("rapport.decision.store")
 
 CATALOG_CHANGES_MAX_LEN = 200_000
 FEEDBACK_MEMORY_S = 7 * 86_400
+# Decisions waiting for their write to the persons' lists (written every fraction of a second).
+UNWRITTEN_DECISIONS_MAX = 50_000
 
 
 class DecisionStore:
@@ -27,6 +38,9 @@ class DecisionStore:
         self._bandit_prefix = prefix + "bandit:"
         self._experiment_prefix = prefix + "experiment:"
         self._feedback_prefix = prefix + "feedback:"
+        self._recent_prefix = prefix + "recent:"
+        self._unwritten_decisions: list[tuple[str, bytes]] = []  # (person id, entry), oldest first
+        self._unwritten_exposures: dict[tuple[str, str], int] = {}  # (experiment id, arm) -> count
         self.profile_events = f"{client.prefix}profile:events"
 
     @property
@@ -149,8 +163,90 @@ class DecisionStore:
         return True
 
     async def experiment_counts(self, experiment_id: str) -> dict[str, int]:
+        await self.write_behind()  # this replica's latest exposures count too
         raw: dict[str, str] = await self._redis.hgetall(self._experiment_prefix + experiment_id)
         return {field: int(value) for field, value in raw.items()}
 
-    async def count_exposure(self, experiment_id: str, arm: str) -> None:
-        await self._redis.hincrby(self._experiment_prefix + experiment_id, f"{arm}:exposures", 1)
+    def count_exposure(self, experiment_id: str, arm: str) -> None:
+        """Counts a Decide shown in an experiment's arm; written with the queued decisions."""
+        key = (experiment_id, arm)
+        self._unwritten_exposures[key] = self._unwritten_exposures.get(key, 0) + 1
+
+    # ------------------------------------------------------------------ latest decisions
+    def remember_decision(
+        self,
+        person_id: str,
+        *,
+        decision_id: str,
+        decided_ms: int,
+        placement: str,
+        situation: str,
+        situation_key: str,
+        lead_strategy: Strategy | None,
+        segment_ids: Sequence[str],
+        experiment_id: str,
+        arm: str,
+        degraded_reasons: Sequence[str],
+        items: Sequence[Candidate],
+        headline: str,
+        body: str,
+        language: str,
+    ) -> None:
+        """Queues the decision for the head of the person's capped list; `write_behind` writes
+        the queue in one round trip. Decide never waits on it: a decision that could not be
+        written only misses from the console."""
+        if not person_id:
+            return
+        if len(self._unwritten_decisions) >= UNWRITTEN_DECISIONS_MAX:
+            self._unwritten_decisions.clear()  # Redis has been away for a while: drop, never grow
+            log.warning("decisions_not_remembered", reason="queue full")
+        entry = recent_decisions.decision_entry(
+            decision_id=decision_id,
+            decided_ms=decided_ms,
+            placement=placement,
+            situation=situation,
+            situation_key=situation_key,
+            lead_strategy=lead_strategy.name if lead_strategy is not None else "",
+            segment_ids=segment_ids,
+            experiment_id=experiment_id,
+            arm=arm,
+            degraded_reasons=degraded_reasons,
+            items=items,
+            headline=headline,
+            body=body,
+            language=language,
+        )
+        self._unwritten_decisions.append((person_id, entry))
+
+    async def write_behind(self) -> int:
+        """Writes the queued decisions and exposure counts (one pipeline); how many decisions.
+        On a Redis error the batch is logged and dropped: the lists are a console's view, and an
+        exposure count missing a fraction of a second is noise in an experiment's report."""
+        batch, self._unwritten_decisions = self._unwritten_decisions, []
+        exposures, self._unwritten_exposures = self._unwritten_exposures, {}
+        if not batch and not exposures:
+            return 0
+        by_person: dict[str, list[bytes]] = {}
+        for person_id, entry in batch:
+            by_person.setdefault(person_id, []).append(entry)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for (experiment_id, arm), count in exposures.items():
+                    pipe.hincrby(self._experiment_prefix + experiment_id, f"{arm}:exposures", count)
+                for person_id, entries in by_person.items():
+                    key = self._recent_prefix + person_id
+                    pipe.lpush(key, *entries)  # oldest first in, so the newest ends at the head
+                    pipe.ltrim(key, 0, recent_decisions.KEPT_PER_PERSON - 1)
+                    pipe.expire(key, recent_decisions.KEPT_FOR_S)
+                await pipe.execute()
+        except RedisError as error:
+            log.debug("decisions_not_remembered", count=len(batch), error=type(error).__name__)
+            return 0
+        return len(batch)
+
+    async def recent_decisions(self, person_id: str, limit: int) -> list[RecordedDecision]:
+        """The person's latest decisions, newest first (at most `limit`), including those this
+        replica has not written yet."""
+        await self.write_behind()
+        raw: list[str] = await self._redis.lrange(self._recent_prefix + person_id, 0, limit - 1)
+        return [decision for decision in map(recent_decisions.read_entry, raw) if decision is not None]

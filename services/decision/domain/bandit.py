@@ -22,6 +22,9 @@ from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float64]
 
 KEY_SEPARATOR: Final = "|"
 # Pseudo-observations a parent level lends its child at most (see the module docstring).
@@ -132,6 +135,15 @@ def choose_strategy(
 ) -> str:
     """Thompson sampling: draws a success rate for each arm from its Beta posterior and
     returns the arm with the highest draw. `prior` is one prior for all arms or one per arm."""
+    return arms[thompson_pick(posteriors(arms, stats, prior), rng)]
+
+
+def posteriors(
+    arms: Sequence[str],
+    stats: Mapping[str, ArmStats],
+    prior: BetaPrior | Mapping[str, BetaPrior] = UNIFORM_PRIOR,
+) -> tuple[FloatArray, FloatArray]:
+    """Each arm's Beta posterior as (alphas, betas), in the order of `arms`."""
     if not arms:
         raise ValueError("choose_strategy needs at least one arm")
     alphas = np.empty(len(arms))
@@ -141,8 +153,13 @@ def choose_strategy(
         posterior = arm_prior.updated(stats.get(arm, NO_STATS))
         alphas[index] = posterior.alpha
         betas[index] = posterior.beta
-    draws = rng.beta(alphas, betas)
-    return arms[int(np.argmax(draws))]
+    return alphas, betas
+
+
+def thompson_pick(beliefs: tuple[FloatArray, FloatArray], rng: np.random.Generator) -> int:
+    """The position of the arm whose draw from its Beta posterior is highest."""
+    alphas, betas = beliefs
+    return int(np.argmax(rng.beta(alphas, betas)))
 
 
 def hierarchical_prior(
@@ -167,11 +184,22 @@ def choose_strategy_in_situation(
 ) -> str:
     """Thompson sampling in a micro-situation: `levels` holds each arm's stats per level,
     coarsest first and the micro-situation last (as read for `situation_key_chain`)."""
+    return arms[thompson_pick(posteriors_in_situation(arms, levels, base, parent_strength), rng)]
+
+
+def posteriors_in_situation(
+    arms: Sequence[str],
+    levels: Sequence[Mapping[str, ArmStats]],
+    base: BetaPrior = UNIFORM_PRIOR,
+    parent_strength: float = DEFAULT_PARENT_STRENGTH,
+) -> tuple[FloatArray, FloatArray]:
+    """Each arm's posterior in a micro-situation (see `choose_strategy_in_situation`); a caller
+    that chooses often with the same counts keeps these and calls `thompson_pick`."""
     if not levels:
-        return choose_strategy(arms, {}, rng, base)
+        return posteriors(arms, {}, base)
     *ancestor_levels, own_level = levels
     priors = {
         arm: hierarchical_prior([level.get(arm, NO_STATS) for level in ancestor_levels], base, parent_strength)
         for arm in arms
     }
-    return choose_strategy(arms, own_level, rng, priors)
+    return posteriors(arms, own_level, priors)

@@ -41,16 +41,17 @@ class Product:
     attributes: Mapping[str, str] = field(default_factory=dict)
     added_ms: int = 0  # when it arrived in the shop: what "new arrivals" sorts on
     consumable: bool = False  # bought again and again (coffee, ink): may be recommended after a purchase
+    # Its category as one key, "Women > Knitwear > Sweaters": unique where a leaf name is not.
+    # Derived from category_path once: business rules read it for every candidate of every Decide.
+    category: str = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "category", category_key(self.category_path))
 
     @property
     def leaf_category(self) -> str:
         """The name of its most specific category, e.g. "Sweaters" (for texts; not unique across the tree)."""
         return self.category_path[-1] if self.category_path else ""
-
-    @property
-    def category(self) -> str:
-        """Its category as one key, "Women > Knitwear > Sweaters": unique where a leaf name is not."""
-        return category_key(self.category_path)
 
 
 def category_key(category_path: Sequence[str]) -> str:

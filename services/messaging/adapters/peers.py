@@ -1,5 +1,6 @@
 """Messaging's calls to its peers: Decide (the products of a message, placement EMAIL) and
-Track (opens and clicks go back to the profile, closing the loop)."""
+Track (opens and clicks go back to the profile, closing the loop). Both carry the trace context of
+the work that makes them (a send, a tracked click)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,10 @@ from rapport.decision.v1 import decision_service_pb2 as decision_pb
 from rapport.decision.v1 import decision_service_pb2_grpc as decision_grpc
 from rapport.profile.v1 import profile_service_pb2 as profile_pb
 from rapport.profile.v1 import profile_service_pb2_grpc as profile_grpc
-from services.common import clock
+from services.common import clock, tracing
+
+_DECIDE = f"{decision_pb.DESCRIPTOR.services_by_name['DecisionService'].full_name}/Decide"
+_TRACK = f"{profile_pb.DESCRIPTOR.services_by_name['ProfileService'].full_name}/Track"
 
 
 @dataclass(frozen=True)
@@ -46,16 +50,19 @@ class DecisionClient:
     async def picks(
         self, person_id: str, count: int, language: str, product_id: str = "", cart: Sequence[str] = ()
     ) -> Picks:
-        reply = await self._stub.Decide(
-            decision_pb.DecideRequest(
-                person_id=person_id,
-                placement=decision_pb.PLACEMENT_EMAIL,
-                page=decision_pb.PageContext(product_id=product_id, cart_product_ids=list(cart), language=language),
-                count=count,
-            ),
-            metadata=self._metadata,
-            timeout=2.0,
-        )
+        with tracing.outgoing(_DECIDE, self._metadata) as metadata:
+            reply = await self._stub.Decide(
+                decision_pb.DecideRequest(
+                    person_id=person_id,
+                    placement=decision_pb.PLACEMENT_EMAIL,
+                    page=decision_pb.PageContext(
+                        product_id=product_id, cart_product_ids=list(cart), language=language
+                    ),
+                    count=count,
+                ),
+                metadata=metadata,
+                timeout=2.0,
+            )
         return Picks(
             reply.decision_id,
             [
@@ -83,20 +90,16 @@ class ProfileTracker:
     ) -> None:
         at = Timestamp()
         at.FromMilliseconds(clock.now_ms())
-        await self._stub.Track(
-            profile_pb.TrackRequest(
-                event=event_pb2.Event(
-                    event_id=f"msg-{uuid.uuid4().hex}",
-                    type=kind,  # type: ignore[arg-type]
-                    event_time=at,
-                    identifier=identifier,
-                    message_id=message_id,
-                    context=event_pb2.EventContext(page_url=page_url),
-                )
-            ),
-            metadata=self._metadata,
-            timeout=5.0,
+        event = event_pb2.Event(
+            event_id=f"msg-{uuid.uuid4().hex}",
+            type=kind,  # type: ignore[arg-type]
+            event_time=at,
+            identifier=identifier,
+            message_id=message_id,
+            context=event_pb2.EventContext(page_url=page_url),
         )
+        with tracing.outgoing(_TRACK, self._metadata) as metadata:
+            await self._stub.Track(profile_pb.TrackRequest(event=event), metadata=metadata, timeout=5.0)
 
     async def close(self) -> None:
         await self._channel.close()

@@ -5,7 +5,7 @@ why it is not part of the stored state."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from services.profile.domain.folding import decayed
 from services.profile.domain.state import CartLineState, Decayed, ProfileState
@@ -23,8 +23,18 @@ class PriceBands:
 
     distributions: Mapping[str, Mapping[int, int]]
     min_products: int = 5
+    # Bands already worked out: one reading of a profile asks for the same ones several times.
+    _known: dict[tuple[str, int], str | None] = field(default_factory=dict, compare=False, repr=False)
 
     def band_of(self, category: str, bucket: int) -> str | None:
+        key = (category, bucket)
+        if key in self._known:
+            return self._known[key]
+        band = self._band_of(category, bucket)
+        self._known[key] = band
+        return band
+
+    def _band_of(self, category: str, bucket: int) -> str | None:
         distribution = self.distributions.get(category)
         if not distribution:
             return None
