@@ -121,7 +121,8 @@ def start_redis(binary: str, port: int, workdir: str) -> subprocess.Popen[bytes]
 class SmtpReceiver:
     """A real SMTP server (aiosmtpd, in its own thread) keeping what it receives. It can be
     stopped and started again on the same port (an outage), hold RCPT for a while (a slow
-    server: a send in progress), or refuse messages with a permanent error."""
+    server: a send in progress), keep a message and hold its reply (the sender is killed after
+    the server took the message), or refuse messages with a permanent error."""
 
     def __init__(self, port: int | None = None) -> None:
         from email import message_from_bytes, policy
@@ -130,6 +131,7 @@ class SmtpReceiver:
         self.messages: list[Any] = []
         self.rcpt_delay_s = 0.0
         self.rcpt_seen = 0
+        self.data_reply_delay_s = 0.0  # the message is kept, then the 250 waits this long
         self.reject_with: str | None = None
         self._parse: Any = lambda data: message_from_bytes(data, policy=policy.default)
         self._controller: Any = None
@@ -151,6 +153,8 @@ class SmtpReceiver:
                 if receiver.reject_with:
                     return receiver.reject_with
                 receiver.messages.append(receiver._parse(envelope.original_content or b""))
+                if receiver.data_reply_delay_s:
+                    await asyncio.sleep(receiver.data_reply_delay_s)
                 return "250 Message accepted"
 
         self._controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)

@@ -5,10 +5,12 @@
 Run by scripts/k8s-validate.sh after kubeconform, on each overlay's `kustomize build` output.
 Checks: the "restricted" Pod Security Standard and the deployment conventions of STYLE.md (own
 ServiceAccount without token, non-root, read-only root with /tmp, resources, native gRPC probes
-on the port named grpc), that objects referenced by name exist (ConfigMaps, Secrets, Services,
-scale targets), that ports agree with the RAPPORT_* settings, that the termination grace period
-covers RAPPORT_SHUTDOWN_DRAIN_S + RAPPORT_SHUTDOWN_GRACE_S, and that Cassandra has enough nodes
-for the keyspaces' replication factor.
+on the port named grpc for the gRPC services, HTTP probes on the health path for the staff
+console), that objects referenced by name exist (ConfigMaps and their keys, Secrets, Services,
+scale targets), that ports agree with the RAPPORT_* settings, that keys and secrets come from
+Secrets, that the termination grace period covers RAPPORT_SHUTDOWN_DRAIN_S +
+RAPPORT_SHUTDOWN_GRACE_S, and that Cassandra has enough nodes for the keyspaces' replication
+factor.
 """
 
 from __future__ import annotations
@@ -23,12 +25,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 # The services' settings classes are plain dataclasses (no gRPC, no drivers): import them from the
 # work tree to check every RAPPORT_* variable a pod gets.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from services.common.settings import CommonSettings, SettingsError, load_settings
+from services.common.settings import CommonSettings, SettingsError, TracingSettings, load_settings
+from services.console.settings import ConsoleSettings
 
 Doc = dict[str, Any]
 WORKLOADS = ("Deployment", "StatefulSet", "Job")
@@ -46,7 +47,16 @@ RESTRICTED_VOLUMES = {
 WRITABLE_ROOT = {("StatefulSet", "cassandra", "cassandra")}
 # Closing the gRPC channels, Redis and Cassandra after the shutdown grace period.
 CLOSE_MARGIN_S = 10
-SERVICES = ("identity", "profile", "decision", "messaging")
+# gRPC services: native grpc probes on the port named grpc (RAPPORT_PORT), metrics on RAPPORT_METRICS_PORT.
+GRPC_SERVICES = ("identity", "profile", "decision", "messaging")
+# HTTP services: httpGet probes of an unauthenticated health path on the port named http, which the
+# setting names. The staff console's /healthz (services/console/app.py, HEALTH_PATH) needs no session.
+HTTP_SERVICES = {"console": ("RAPPORT_CONSOLE_PORT", "/healthz")}
+SERVICES = (*GRPC_SERVICES, *HTTP_SERVICES)
+PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
+PROBE_HANDLERS = {"exec", "grpc", "httpGet", "tcpSocket"}
+# Settings that hold keys, secrets and passwords: from a Secret, never a ConfigMap or a literal value.
+SECRET_SETTING = re.compile(r"RAPPORT_\w*(API_KEYS?|SECRET|PASSWORD|TOKEN)")
 # Redis sizes (k, kb, mb, ...) and Kubernetes quantities (Ki, Mi, Gi, ...).
 _UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "kb": 1024, "mb": 1024**2, "gb": 1024**3}
 _UNITS.update({"ki": 1024, "mi": 1024**2, "gi": 1024**3})
@@ -59,12 +69,15 @@ def size_bytes(quantity: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2).lower()]
 
 
-def settings_class(service: str) -> type[CommonSettings]:
+def settings_class(service: str) -> type[TracingSettings]:
+    """The settings dataclass of services/<service>/settings.py (the console's is no CommonSettings)."""
     module = importlib.import_module(f"services.{service}.settings")
     return next(
         value
         for value in vars(module).values()
-        if isinstance(value, type) and issubclass(value, CommonSettings) and value is not CommonSettings
+        if isinstance(value, type)
+        and issubclass(value, TracingSettings)
+        and value not in (TracingSettings, CommonSettings)
     )
 
 
@@ -111,12 +124,19 @@ class Checker:
         return None
 
     def config(self, container: Doc) -> dict[str, str]:
-        """The environment a container gets from its ConfigMaps (envFrom, later wins) and env values."""
+        """The environment a container gets from its ConfigMaps (envFrom, later wins) and env values
+        (literal, or one key of a ConfigMap)."""
         env: dict[str, str] = {}
+        config_maps = self.named("ConfigMap")
         for source in container.get("envFrom") or []:
             if "configMapRef" in source:
-                env.update(self.named("ConfigMap").get(source["configMapRef"]["name"], {}).get("data") or {})
-        env.update({e["name"]: e["value"] for e in container.get("env") or [] if "value" in e})
+                env.update(config_maps.get(source["configMapRef"]["name"], {}).get("data") or {})
+        for variable in container.get("env") or []:
+            reference = (variable.get("valueFrom") or {}).get("configMapKeyRef")
+            if "value" in variable:
+                env[variable["name"]] = variable["value"]
+            elif reference and reference["key"] in (config_maps.get(reference["name"], {}).get("data") or {}):
+                env[variable["name"]] = config_maps[reference["name"]]["data"][reference["key"]]
         return env
 
     def secret_values(self, name: str) -> dict[str, str] | None:
@@ -225,13 +245,51 @@ class Checker:
                     or {}
                 ):
                     self.problem(doc, f"{variable['name']}: no key {reference['key']} in Secret {reference['name']}")
+                reference = (variable.get("valueFrom") or {}).get("configMapKeyRef")
+                if (
+                    reference
+                    and not reference.get("optional")
+                    and reference["key"] not in (config_maps.get(reference["name"], {}).get("data") or {})
+                ):
+                    self.problem(doc, f"{variable['name']}: no key {reference['key']} in ConfigMap {reference['name']}")
 
     def check_rapport_service(self, doc: Doc, template: Doc) -> None:
+        """A Deployment of a Rapport service: the rules its protocol asks for, then those of all."""
         pod = template["spec"]
         container = pod["containers"][0]
         env = self.config(container)
-        self.check_settings(doc, template["metadata"]["labels"].get("app.kubernetes.io/name", ""), container, env)
+        service = template["metadata"]["labels"].get("app.kubernetes.io/name", "")
+        if service not in SERVICES:
+            self.problem(doc, f"app.kubernetes.io/name {service!r} is not one of {SERVICES}")
+            return
+        self.check_settings(doc, service, container, env)
         ports = {p["name"]: p["containerPort"] for p in container.get("ports") or []}
+        for probe in PROBES:
+            handlers = set(container.get(probe) or {}) & PROBE_HANDLERS
+            if len(handlers) > 1:
+                self.problem(doc, f"{probe}: one handler only, got {sorted(handlers)}")
+        if service in HTTP_SERVICES:
+            self.check_http_service(doc, template, service, container, env, ports)
+        else:
+            self.check_grpc_service(doc, template, container, env, ports)
+        if env.get("RAPPORT_HOST") != "0.0.0.0":
+            self.problem(doc, "RAPPORT_HOST must be 0.0.0.0 in a pod")
+        for variable in container.get("env") or []:
+            if SECRET_SETTING.fullmatch(variable["name"]) and "secretKeyRef" not in (variable.get("valueFrom") or {}):
+                self.problem(doc, f"{variable['name']} holds a secret: take it from a Secret")
+        for variable in self.config_map_variables(container):
+            if SECRET_SETTING.fullmatch(variable):
+                self.problem(doc, f"{variable} holds a secret: take it from a Secret, not a ConfigMap")
+        drain_s = float(env.get("RAPPORT_SHUTDOWN_DRAIN_S", 0))
+        grace_s = float(env.get("RAPPORT_SHUTDOWN_GRACE_S", 5))
+        if not 3 <= drain_s <= 15:
+            self.problem(doc, f"RAPPORT_SHUTDOWN_DRAIN_S={drain_s}: about 5 s lets endpoints catch up")
+        if pod.get("terminationGracePeriodSeconds", 30) < drain_s + grace_s + CLOSE_MARGIN_S:
+            self.problem(doc, f"terminationGracePeriodSeconds < drain {drain_s} + grace {grace_s} + {CLOSE_MARGIN_S}")
+
+    def check_grpc_service(
+        self, doc: Doc, template: Doc, container: Doc, env: dict[str, str], ports: dict[str, int]
+    ) -> None:
         if str(ports.get("grpc")) != env.get("RAPPORT_PORT"):
             self.problem(doc, f"port grpc ({ports.get('grpc')}) differs from RAPPORT_PORT ({env.get('RAPPORT_PORT')})")
         if str(ports.get("metrics")) != env.get("RAPPORT_METRICS_PORT"):
@@ -240,24 +298,68 @@ class Checker:
             self.problem(doc, "the prometheus.io/port annotation is not the metrics port")
         if "RAPPORT_MESSAGING_HTTP_PORT" in env and str(ports.get("http")) != env["RAPPORT_MESSAGING_HTTP_PORT"]:
             self.problem(doc, "port http differs from RAPPORT_MESSAGING_HTTP_PORT")
-        if env.get("RAPPORT_HOST") != "0.0.0.0":
-            self.problem(doc, "RAPPORT_HOST must be 0.0.0.0 in a pod")
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        for probe in PROBES:
             grpc = (container.get(probe) or {}).get("grpc")
             if not grpc or grpc.get("port") != ports.get("grpc"):
                 self.problem(doc, f"{probe}: a native grpc probe on the grpc port is needed")
-        drain_s = float(env.get("RAPPORT_SHUTDOWN_DRAIN_S", 0))
-        grace_s = float(env.get("RAPPORT_SHUTDOWN_GRACE_S", 5))
-        if not 3 <= drain_s <= 15:
-            self.problem(doc, f"RAPPORT_SHUTDOWN_DRAIN_S={drain_s}: about 5 s lets endpoints catch up")
-        if pod.get("terminationGracePeriodSeconds", 30) < drain_s + grace_s + CLOSE_MARGIN_S:
-            self.problem(doc, f"terminationGracePeriodSeconds < drain {drain_s} + grace {grace_s} + {CLOSE_MARGIN_S}")
+
+    def check_http_service(
+        self, doc: Doc, template: Doc, service: str, container: Doc, env: dict[str, str], ports: dict[str, int]
+    ) -> None:
+        port_setting, health_path = HTTP_SERVICES[service]
+        if str(ports.get("http")) != env.get(port_setting):
+            self.problem(doc, f"port http ({ports.get('http')}) differs from {port_setting} ({env.get(port_setting)})")
+        for unexpected in sorted(ports.keys() - {"http"}):
+            self.problem(doc, f"port {unexpected}: {service} serves HTTP on its port http only")
+        if "prometheus.io/scrape" in template["metadata"].get("annotations", {}):
+            self.problem(doc, f"{service} serves no metrics: drop the prometheus.io annotations")
+        for probe in PROBES:
+            http = (container.get(probe) or {}).get("httpGet")
+            if not http or http.get("path") != health_path or http.get("port") not in ("http", ports.get("http")):
+                self.problem(doc, f"{probe}: an httpGet probe of {health_path} on the http port is needed")
+        self.check_console_sessions(doc, container, env)
+
+    def check_console_sessions(self, doc: Doc, container: Doc, env: dict[str, str]) -> None:
+        """Every replica signs and reads the same session cookies, which say HTTPS-only when staff
+        reach the console through a TLS Ingress."""
+        environ = dict(env)
+        secrets = [
+            self.secret_values(s["secretRef"]["name"]) for s in container.get("envFrom") or [] if "secretRef" in s
+        ]
+        for values in secrets:
+            environ.update(values or {})
+        try:
+            settings = load_settings(ConsoleSettings, environ)
+        except SettingsError:
+            return  # check_settings names the variable
+        if None not in secrets and len(settings.session_secret.encode()) < 16:
+            self.problem(doc, "RAPPORT_CONSOLE_SECRET: at least 16 bytes from a Secret (every replica shares it)")
+        labels = doc["spec"]["template"]["metadata"]["labels"]
+        services = {name for name, svc in self.named("Service").items() if selects(svc["spec"].get("selector"), labels)}
+        for ingress in self.named("Ingress").values():
+            routed = {
+                path["backend"]["service"]["name"]
+                for rule in ingress["spec"].get("rules") or []
+                for path in rule["http"]["paths"]
+            }
+            if routed & services and ingress["spec"].get("tls") and not settings.secure_cookie:
+                self.problem(
+                    doc, f"Ingress {ingress['metadata']['name']} serves HTTPS: set RAPPORT_CONSOLE_SECURE_COOKIE=true"
+                )
+
+    def config_map_variables(self, container: Doc) -> set[str]:
+        """The variables a container gets from ConfigMaps (whole maps, or single keys)."""
+        names: set[str] = set()
+        for source in container.get("envFrom") or []:
+            if "configMapRef" in source:
+                names |= set(self.named("ConfigMap").get(source["configMapRef"]["name"], {}).get("data") or {})
+        for variable in container.get("env") or []:
+            if "configMapKeyRef" in (variable.get("valueFrom") or {}):
+                names.add(variable["name"])
+        return names
 
     def check_settings(self, doc: Doc, service: str, container: Doc, env: dict[str, str]) -> None:
         """Every RAPPORT_* variable the container gets is a setting of its service, with a valid value."""
-        if service not in SERVICES:
-            self.problem(doc, f"app.kubernetes.io/name {service!r} is not one of {SERVICES}")
-            return
         environ = dict(env)
         for source in container.get("envFrom") or []:
             if "secretRef" in source:
@@ -358,6 +460,8 @@ class Checker:
 
 
 def main(paths: list[str]) -> int:
+    import yaml  # here, so that the rules (Checker) can be imported and tested without PyYAML
+
     docs: list[Doc] = []
     for path in paths:
         with open(path, encoding="utf-8") as stream:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import uuid
 from collections.abc import Callable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, cast
@@ -162,6 +165,12 @@ class RedisClient:
 
     async def close(self) -> None:
         await self.redis.aclose()
+
+
+def consumer_name() -> str:
+    """This process's name in a stream's consumer groups: unique per start, so the entries a dead
+    process held are claimed by others (or by its restart) once idle."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
 StreamFields = dict[str, str]

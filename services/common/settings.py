@@ -35,10 +35,55 @@ def setting(env: str, default: Any, doc: str) -> Any:
 
 
 @dataclasses.dataclass(frozen=True)
-class CommonSettings:
-    """Settings every service shares; services subclass and add their own."""
+class TracingSettings:
+    """A process's name and where its spans go (services/common/tracing.py): part of every
+    service's settings (CommonSettings) and of the staff console's."""
 
     service_name: str = setting("RAPPORT_SERVICE_NAME", "rapport", "Name used in logs and metrics.")
+    # The OTEL_* names are OpenTelemetry's standard ones.
+    otlp_endpoint: str = setting(
+        "RAPPORT_OTLP_ENDPOINT",
+        "",
+        "OTLP/HTTP collector base URL (http://collector:4318): spans go to <url>/v1/traces; "
+        "empty = OTEL_EXPORTER_OTLP_ENDPOINT, and when both are empty no span is made.",
+    )
+    otel_exporter_otlp_endpoint: str = setting(
+        "OTEL_EXPORTER_OTLP_ENDPOINT", "", "Standard OTLP/HTTP base URL, used when RAPPORT_OTLP_ENDPOINT is empty."
+    )
+    otel_exporter_otlp_traces_endpoint: str = setting(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "", "Standard full URL for spans (…/v1/traces); wins over both base URLs."
+    )
+    otel_traces_sampler: str = setting(
+        "OTEL_TRACES_SAMPLER",
+        "parentbased_always_on",
+        "always_on, always_off, traceidratio, or parentbased_ + one of them (follow the caller's decision).",
+    )
+    otel_traces_sampler_arg: float = setting(
+        "OTEL_TRACES_SAMPLER_ARG", 1.0, "Share of new traces sampled by the traceidratio samplers (0..1)."
+    )
+    otel_sdk_disabled: bool = setting("OTEL_SDK_DISABLED", False, "True = no spans, whatever the endpoint.")
+
+    def __post_init__(self) -> None:
+        # Checked here so a bad value stops the start (and `make k8s-validate`), naming its variable.
+        for env, url in (
+            ("RAPPORT_OTLP_ENDPOINT", self.otlp_endpoint),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", self.otel_exporter_otlp_endpoint),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", self.otel_exporter_otlp_traces_endpoint),
+        ):
+            if url and not url.startswith(("http://", "https://")):
+                raise SettingsError(f"{env}={url!r}: expected an http:// or https:// URL")
+        if self.otel_traces_sampler.lower() not in TRACE_SAMPLERS:
+            raise SettingsError(
+                f"OTEL_TRACES_SAMPLER={self.otel_traces_sampler!r}: expected one of {', '.join(TRACE_SAMPLERS)}"
+            )
+        if not 0.0 <= self.otel_traces_sampler_arg <= 1.0:
+            raise SettingsError(f"OTEL_TRACES_SAMPLER_ARG={self.otel_traces_sampler_arg!r}: expected a ratio in 0..1")
+
+
+@dataclasses.dataclass(frozen=True)
+class CommonSettings(TracingSettings):
+    """Settings every service shares; services subclass and add their own."""
+
     host: str = setting("RAPPORT_HOST", "127.0.0.1", "Interface the gRPC server binds.")
     port: int = setting("RAPPORT_PORT", 0, "gRPC port; 0 picks a free one (tests).")
     reuse_port: bool = setting(
@@ -97,44 +142,6 @@ class CommonSettings:
     apply_schema: bool = setting(
         "RAPPORT_APPLY_SCHEMA", True, "Create the keyspace and tables (idempotent) at start-up."
     )
-    # Tracing (services/common/tracing.py). The OTEL_* names are OpenTelemetry's standard ones.
-    otlp_endpoint: str = setting(
-        "RAPPORT_OTLP_ENDPOINT",
-        "",
-        "OTLP/HTTP collector base URL (http://collector:4318): spans go to <url>/v1/traces; "
-        "empty = OTEL_EXPORTER_OTLP_ENDPOINT, and when both are empty no span is made.",
-    )
-    otel_exporter_otlp_endpoint: str = setting(
-        "OTEL_EXPORTER_OTLP_ENDPOINT", "", "Standard OTLP/HTTP base URL, used when RAPPORT_OTLP_ENDPOINT is empty."
-    )
-    otel_exporter_otlp_traces_endpoint: str = setting(
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "", "Standard full URL for spans (…/v1/traces); wins over both base URLs."
-    )
-    otel_traces_sampler: str = setting(
-        "OTEL_TRACES_SAMPLER",
-        "parentbased_always_on",
-        "always_on, always_off, traceidratio, or parentbased_ + one of them (follow the caller's decision).",
-    )
-    otel_traces_sampler_arg: float = setting(
-        "OTEL_TRACES_SAMPLER_ARG", 1.0, "Share of new traces sampled by the traceidratio samplers (0..1)."
-    )
-    otel_sdk_disabled: bool = setting("OTEL_SDK_DISABLED", False, "True = no spans, whatever the endpoint.")
-
-    def __post_init__(self) -> None:
-        # Checked here so a bad value stops the start (and `make k8s-validate`), naming its variable.
-        for env, url in (
-            ("RAPPORT_OTLP_ENDPOINT", self.otlp_endpoint),
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", self.otel_exporter_otlp_endpoint),
-            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", self.otel_exporter_otlp_traces_endpoint),
-        ):
-            if url and not url.startswith(("http://", "https://")):
-                raise SettingsError(f"{env}={url!r}: expected an http:// or https:// URL")
-        if self.otel_traces_sampler.lower() not in TRACE_SAMPLERS:
-            raise SettingsError(
-                f"OTEL_TRACES_SAMPLER={self.otel_traces_sampler!r}: expected one of {', '.join(TRACE_SAMPLERS)}"
-            )
-        if not 0.0 <= self.otel_traces_sampler_arg <= 1.0:
-            raise SettingsError(f"OTEL_TRACES_SAMPLER_ARG={self.otel_traces_sampler_arg!r}: expected a ratio in 0..1")
 
 
 def _convert(raw: str, annotation: Any, env: str) -> Any:

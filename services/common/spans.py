@@ -1,16 +1,18 @@
 """OpenTelemetry spans exported over OTLP/HTTP: what `services/common/tracing.py` uses when an
 endpoint is configured (and the only module that imports the SDK, so only then).
 
-Span names and attributes follow OpenTelemetry's semantic conventions for RPC and databases:
-`rapport.identity.v1.IdentityService/Resolve` with `rpc.system=grpc`, `rpc.grpc.status_code`;
-a Redis command or Cassandra statement by its verb with `db.system.name`. Attributes never hold a
-key or bound value; an opaque id (a delivery) may be, as in the logs.
+Span names and attributes follow OpenTelemetry's semantic conventions for RPC, HTTP and databases:
+`rapport.identity.v1.IdentityService/Resolve` with `rpc.system=grpc`, `rpc.grpc.status_code`; a
+page of the staff console by its route, `GET /people/{person_id}`, with `http.route` and
+`http.response.status_code`; a Redis command or Cassandra statement by its verb with
+`db.system.name`. Attributes never hold a key or bound value; an opaque id (a delivery) may be, as
+in the logs.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from types import TracebackType
 from typing import Any
@@ -115,6 +117,32 @@ class ServerSpan:
         span.end()
 
 
+class HttpServerSpan:
+    """The SERVER span of one HTTP request (a page of the staff console), current while it is served."""
+
+    __slots__ = ("_span", "_token")
+
+    def __init__(self, span: trace.Span) -> None:
+        self._span = span
+        self._token = otel_context.attach(trace.set_span_in_context(span))
+
+    def trace_id(self) -> str:
+        return f"{self._span.get_span_context().trace_id:032x}"
+
+    def end(self, code: str, error: BaseException | None = None) -> None:
+        """`code` is the HTTP status; per the HTTP conventions a server span is an error for 5xx only."""
+        span = self._span
+        if span.is_recording():
+            status = int(code)
+            span.set_attribute("http.response.status_code", status)
+            if status >= 500:
+                span.set_status(Status(StatusCode.ERROR, code))
+                if error is not None:
+                    span.set_attribute("error.type", type(error).__name__)
+        otel_context.detach(self._token)
+        span.end()
+
+
 class ClientCall(AbstractContextManager[Metadata]):
     """A call to another service as a CLIENT span; entering gives the metadata to send."""
 
@@ -198,24 +226,46 @@ class SpanExport:
     def start(
         self, method: str, traceparent: str | None, tracestate: str | None, request_id: str
     ) -> RequestTrace | None:
+        rpc = method[1:]  # "/pkg.Service/Method" -> "pkg.Service/Method"
+        return self._server_span(rpc, _rpc_attributes(rpc), traceparent, tracestate, ServerSpan)
+
+    def start_http(
+        self, http_method: str, route: str, traceparent: str | None, tracestate: str | None
+    ) -> RequestTrace | None:
+        """An HTTP request (the staff console), by its route: `GET /people/{person_id}`."""
+        return self._server_span(
+            f"{http_method} {route}",
+            {"http.request.method": http_method, "http.route": route},
+            traceparent,
+            tracestate,
+            HttpServerSpan,
+        )
+
+    def _server_span(
+        self,
+        name: str,
+        attributes: dict[str, str],
+        traceparent: str | None,
+        tracestate: str | None,
+        span_type: Callable[[trace.Span], RequestTrace],
+    ) -> RequestTrace | None:
         if traceparent is not None and self._follows_callers_sampling and traceparent[54:55] in _UNSAMPLED_FLAGS:
-            # The caller's trace is not recorded, so none of this RPC's spans would be: skip the
-            # SDK and pass the context on as it came, flag included.
-            passed_on = PASS_THROUGH.start(method, traceparent, tracestate, request_id)
+            # The caller's trace is not recorded, so none of this request's spans would be: skip
+            # the SDK and pass the context on as it came, flag included.
+            passed_on = PASS_THROUGH.start(name, traceparent, tracestate, "")
             if passed_on is not None:  # else malformed: a new trace
                 return passed_on
         parent = TraceParent.parse(traceparent) if traceparent is not None else None
         if parent is None and self._left_out():
-            return PASS_THROUGH.start(method, _unsampled_traceparent(), None, request_id)
-        rpc = method[1:]  # "/pkg.Service/Method" -> "pkg.Service/Method"
+            return PASS_THROUGH.start(name, _unsampled_traceparent(), None, "")
         span = self._tracer.start_span(
-            rpc,
+            name,
             # No valid parent: a new trace, never a child of whatever the task held before.
             context=_remote_parent(parent, tracestate) if parent is not None else otel_context.Context(),
             kind=SpanKind.SERVER,
-            attributes=_rpc_attributes(rpc),
+            attributes=attributes,
         )
-        return ServerSpan(span)
+        return span_type(span)
 
     def client_call(self, rpc: str, metadata: Metadata) -> AbstractContextManager[Metadata]:
         current = trace.get_current_span()

@@ -1,7 +1,8 @@
 """Trace context across the services (W3C Trace Context in gRPC metadata), and OpenTelemetry spans
 exported over OTLP/HTTP when an endpoint is configured.
 
-`configure_tracing` picks one of two modes per process (the shared bootstrap calls it once):
+`configure_tracing` picks one of two modes per process (the shared bootstrap calls it once, and
+so does the staff console, whose HTTP requests `http_request` traces as the interceptor does RPCs):
 - No endpoint (the default): the OpenTelemetry tracing SDK is not imported and no span is ever
   made. The interceptor keeps a valid incoming `traceparent` (and its `tracestate`) in a context
   variable, and `outgoing` adds them to the calls the request makes to other services, so a trace
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
-from services.common.settings import CommonSettings
+from services.common.settings import TracingSettings
 
 if TYPE_CHECKING:
     from services.common.spans import SpanExport
@@ -108,7 +109,8 @@ def trace_headers(traceparent: str | None, tracestate: str | None) -> Metadata:
 
 # ---------------------------------------------------------------------------------- server side
 class RequestTrace(Protocol):
-    """The trace of one RPC the server handles; `end` once, with the gRPC code name."""
+    """The trace of one RPC the server handles; `end` once, with the gRPC code name (or, for an
+    HTTP request, its status: "200")."""
 
     def trace_id(self) -> str: ...
 
@@ -166,7 +168,7 @@ PASS_THROUGH = PassThrough()
 _spans: SpanExport | None = None
 
 
-def otlp_traces_url(settings: CommonSettings) -> str:
+def otlp_traces_url(settings: TracingSettings) -> str:
     """Where spans go ('' = nowhere): the standard traces URL, else a base URL + /v1/traces."""
     if settings.otel_sdk_disabled:
         return ""
@@ -176,7 +178,7 @@ def otlp_traces_url(settings: CommonSettings) -> str:
     return base.rstrip("/") + OTLP_TRACES_PATH if base else ""
 
 
-def configure_tracing(settings: CommonSettings) -> None:
+def configure_tracing(settings: TracingSettings) -> None:
     """Export spans when an OTLP endpoint is configured; otherwise pass trace context through."""
     global _spans
     url = otlp_traces_url(settings)
@@ -222,6 +224,16 @@ async def shutdown_tracing(timeout_s: float = FLUSH_TIMEOUT_S) -> None:
 def rpc_tracing() -> RpcTracing:
     """What the server interceptor uses in this process's mode."""
     return _spans if _spans is not None else PASS_THROUGH
+
+
+def http_request(http_method: str, route: str, traceparent: str | None, tracestate: str | None) -> RequestTrace | None:
+    """The trace of one HTTP request an aiohttp server (the staff console) serves, as the gRPC
+    interceptor's `rpc_tracing().start` is for an RPC; `end` it with the HTTP status. Without spans
+    it only continues a valid incoming `traceparent` (None, and nothing to do, without one); with
+    spans it is a SERVER span named by the route."""
+    if _spans is None:
+        return PASS_THROUGH.start(route, traceparent, tracestate, "") if traceparent is not None else None
+    return _spans.start_http(http_method, route, traceparent, tracestate)
 
 
 def span_export() -> SpanExport | None:

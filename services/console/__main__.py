@@ -12,6 +12,7 @@ from aiohttp import web
 from services.common.auth import ApiKeyRegistry
 from services.common.logging import configure_logging
 from services.common.settings import load_settings
+from services.common.tracing import configure_tracing, shutdown_tracing
 from services.console.app import Console
 from services.console.peers import RapportPeers
 from services.console.sessions import SessionSigner
@@ -38,8 +39,10 @@ def build_console(settings: ConsoleSettings, peers: RapportPeers) -> Console:
 
 
 async def serve(settings: ConsoleSettings) -> None:
+    configure_tracing(settings)
     peers = RapportPeers(settings)
-    runner = web.AppRunner(build_console(settings, peers).app(), access_log=None)
+    console = build_console(settings, peers)
+    runner = web.AppRunner(console.app(), access_log=None, shutdown_timeout=settings.shutdown_grace_s)
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.port).start()
     bound = [address[1] for address in runner.addresses if isinstance(address, tuple)]
@@ -49,9 +52,14 @@ async def serve(settings: ConsoleSettings) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop_requested.set)
     await stop_requested.wait()
-    log.info("shutting_down")
+    log.info("shutting_down", drain_s=settings.shutdown_drain_s, grace_s=settings.shutdown_grace_s)
+    # As the services do: keep serving while the endpoints and balancers catch up, then give the
+    # requests in flight the grace period.
+    console.drain()
+    await asyncio.sleep(settings.shutdown_drain_s)
     await runner.cleanup()
     await peers.close()
+    await shutdown_tracing()  # the spans of the last pages still reach the collector
     log.info("stopped")
 
 

@@ -1,7 +1,8 @@
 """The console's HTTP handlers (aiohttp): sign in with an API key, search a person, the person's
 page, the segments and experiments. Thin: parse the request, ask the services (peers.py), turn
 the answers into rows (views.py), render a Jinja2 template. Every page but sign-in and the health
-check needs a session cookie."""
+check needs a session cookie. A page continues the trace of a `traceparent` header, and is a span
+of its own when spans are exported (services/common/tracing.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import jinja2
 import structlog
 from aiohttp import web
 
+from services.common import tracing
 from services.common.auth import ApiKeyRegistry
 from services.common.errors import InvalidArgument
 from services.common.identifiers import parse_person_id
@@ -36,7 +38,9 @@ LANGUAGES = ("en", "fr")
 MAX_EXPERIMENTS_SHOWN = 50
 # A refused key costs the caller this long: guessing keys by the thousand is not worth it.
 REFUSED_SIGN_IN_DELAY_S = 0.3
-PUBLIC_PATHS = frozenset({"/login", "/healthz"})
+HEALTH_PATH = "/healthz"
+PUBLIC_PATHS = frozenset({"/login", HEALTH_PATH})
+NO_SUCH_PERSON = "No such person: identity has never seen this identifier (or it was erased)."
 STAFF = web.RequestKey("staff", StaffSession)
 SECURITY_HEADERS = {
     # Pages hold personal data: never cached, never framed, no scripts at all.
@@ -56,6 +60,12 @@ def _unavailable(error: BaseException) -> str:
     if isinstance(error, PeerError):
         return f"The {error.service} service did not answer ({error.code.name})."
     raise error
+
+
+def _route(request: web.Request) -> str:
+    """The route a request matched, as a span name may hold it (`/people/{person_id}`, never the id)."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
 
 
 def _see_other(location: str) -> web.Response:
@@ -80,6 +90,7 @@ class Console:
         self._secure_cookie = secure_cookie
         self._timeline_page_size = timeline_page_size
         self._clock_s = clock_s
+        self._draining = False
         self._templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(TEMPLATES),
             autoescape=jinja2.select_autoescape(["html"]),
@@ -87,10 +98,12 @@ class Console:
         )
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._security_headers, self._require_session], client_max_size=64 * 1024)
+        app = web.Application(
+            middlewares=[self._trace, self._security_headers, self._require_session], client_max_size=64 * 1024
+        )
         app.add_routes(
             [
-                web.get("/healthz", self.healthz),
+                web.get(HEALTH_PATH, self.healthz),
                 web.get("/login", self.login_page),
                 web.post("/login", self.sign_in),
                 web.post("/logout", self.sign_out),
@@ -102,6 +115,11 @@ class Console:
         )
         return app
 
+    def drain(self) -> None:
+        """Shutting down: the health check fails from now on, so the pod leaves the Service's
+        endpoints while pages are still served."""
+        self._draining = True
+
     def _now_ms(self) -> int:
         return int(self._clock_s() * 1000)
 
@@ -111,6 +129,34 @@ class Console:
         return web.Response(text=page, status=status, content_type="text/html", charset="utf-8")
 
     # ------------------------------------------------------------------ middlewares
+    @web.middleware
+    async def _trace(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """The request's trace, as the services' interceptor makes an RPC's: nothing to do without
+        a `traceparent` header unless spans are exported. Health checks are not traced."""
+        if request.path == HEALTH_PATH:
+            return await handler(request)
+        trace = tracing.http_request(
+            request.method,
+            _route(request),
+            request.headers.get(tracing.TRACEPARENT),
+            request.headers.get(tracing.TRACESTATE),
+        )
+        if trace is None:
+            return await handler(request)
+        status, error = 500, None
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as answer:  # redirects and refusals are answers, not failures
+            status = answer.status
+            raise
+        except Exception as failure:
+            error = failure
+            raise
+        finally:
+            trace.end(str(status), error)
+
     @web.middleware
     async def _security_headers(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
@@ -135,6 +181,8 @@ class Console:
 
     # ------------------------------------------------------------------ signing in
     async def healthz(self, request: web.Request) -> web.Response:
+        if self._draining:
+            return web.Response(status=503, text="shutting down")
         return web.Response(text="ok")
 
     async def login_page(self, request: web.Request) -> web.Response:
@@ -190,7 +238,7 @@ class Console:
         if target.identifier is None:
             raise web.HTTPSeeOther(f"/people/{target.person_id}")
         try:
-            resolved = await self._peers.resolve(target.identifier)
+            person_id = await self._peers.lookup(target.identifier)
         except PeerError as error:
             return self._render(
                 request,
@@ -201,9 +249,17 @@ class Console:
                 value=value,
                 error=_unavailable(error),
             )
-        # Identity creates an anonymous person at first sight: say so rather than show an empty page as a find.
-        suffix = "?first_sight=1" if resolved.created else ""
-        raise web.HTTPSeeOther(f"/people/{resolved.person_id}{suffix}")
+        if person_id is None:  # identity's Lookup creates nothing: an unknown identifier is no one
+            return self._render(
+                request,
+                "search.html",
+                status=404,
+                kinds=views.SEARCH_KINDS,
+                kind=kind,
+                value=value,
+                error=NO_SUCH_PERSON,
+            )
+        raise web.HTTPSeeOther(f"/people/{quote(person_id)}")
 
     # ------------------------------------------------------------------ person
     async def person(self, request: web.Request) -> web.Response:
@@ -235,7 +291,6 @@ class Console:
         context: dict[str, Any] = {
             "header": views.person_header(person, now_ms),
             "language": language,
-            "first_sight": request.query.get("first_sight") == "1",
             "profile": None,
             "timeline": [],
             "older_timeline": "",

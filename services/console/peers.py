@@ -1,5 +1,7 @@
 """The four services as the console reads them, over gRPC with the console's own keys. Every call
-has a budget; a failure becomes a PeerError naming the service, so a page can show the rest."""
+has a budget and carries the page's trace context (services/common/tracing.py); a failure becomes
+a PeerError naming the service, so a page can show the rest. Nothing here creates or changes
+anything in the services."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from rapport.messaging.v1 import messaging_service_pb2 as messaging_pb
 from rapport.messaging.v1 import messaging_service_pb2_grpc as messaging_grpc
 from rapport.profile.v1 import profile_service_pb2 as profile_pb
 from rapport.profile.v1 import profile_service_pb2_grpc as profile_grpc
+from services.common import tracing
 from services.common.identifiers import IdentifierKey
 from services.console.settings import ConsoleSettings
 
@@ -37,46 +40,78 @@ class PeerError(Exception):
 
 
 class _Peer:
-    def __init__(self, name: str, address: str, api_key: str) -> None:
+    """One service: its channel and stub, the console's key for it, and its full name, as traces
+    name its RPCs (rapport.identity.v1.IdentityService/GetPerson)."""
+
+    def __init__(self, name: str, address: str, api_key: str, stub_type: Any, file_descriptor: Any) -> None:
         self.name = name
         self.channel = grpc.aio.insecure_channel(address)
+        self.stub = stub_type(self.channel)
         self.metadata = (("authorization", f"Bearer {api_key}"),)
+        (self.service,) = (service.full_name for service in file_descriptor.services_by_name.values())
 
 
 class RapportPeers:
     def __init__(self, settings: ConsoleSettings) -> None:
         self._timeout_s = settings.rpc_timeout_s
-        self._identity = _Peer("identity", settings.identity_address, settings.identity_api_key)
-        self._profile = _Peer("profile", settings.profile_address, settings.profile_api_key)
-        self._decision = _Peer("decision", settings.decision_address, settings.decision_api_key)
-        self._messaging = _Peer("messaging", settings.messaging_address, settings.messaging_api_key)
-        self._identity_stub = identity_grpc.IdentityServiceStub(self._identity.channel)
-        self._profile_stub = profile_grpc.ProfileServiceStub(self._profile.channel)
-        self._decision_stub = decision_grpc.DecisionServiceStub(self._decision.channel)
-        self._messaging_stub = messaging_grpc.MessagingServiceStub(self._messaging.channel)
+        self._identity = _Peer(
+            "identity",
+            settings.identity_address,
+            settings.identity_api_key,
+            identity_grpc.IdentityServiceStub,
+            identity_pb.DESCRIPTOR,
+        )
+        self._profile = _Peer(
+            "profile",
+            settings.profile_address,
+            settings.profile_api_key,
+            profile_grpc.ProfileServiceStub,
+            profile_pb.DESCRIPTOR,
+        )
+        self._decision = _Peer(
+            "decision",
+            settings.decision_address,
+            settings.decision_api_key,
+            decision_grpc.DecisionServiceStub,
+            decision_pb.DESCRIPTOR,
+        )
+        self._messaging = _Peer(
+            "messaging",
+            settings.messaging_address,
+            settings.messaging_api_key,
+            messaging_grpc.MessagingServiceStub,
+            messaging_pb.DESCRIPTOR,
+        )
 
     async def close(self) -> None:
         for peer in (self._identity, self._profile, self._decision, self._messaging):
             await peer.channel.close()
 
-    async def _call(self, peer: _Peer, method: Any, request: Any) -> Any:
+    async def _call(self, peer: _Peer, method: str, request: Any) -> Any:
         try:
-            return await method(request, metadata=peer.metadata, timeout=self._timeout_s)
+            with tracing.outgoing(f"{peer.service}/{method}", peer.metadata) as metadata:
+                return await getattr(peer.stub, method)(request, metadata=metadata, timeout=self._timeout_s)
         except grpc.aio.AioRpcError as error:
             raise PeerError(peer.name, error.code(), error.details() or "") from None
 
     # ------------------------------------------------------------------ identity
-    async def resolve(self, identifier: IdentifierKey) -> identity_pb.ResolveResponse:
-        """The person of an identifier (identity creates an anonymous one at first sight: `created`)."""
-        request = identity_pb.ResolveRequest(
+    async def lookup(self, identifier: IdentifierKey) -> str | None:
+        """The person of an identifier; None when identity has never seen it (or it was erased).
+        Identity's Lookup creates nothing, unlike Resolve: a search never makes a person."""
+        request = identity_pb.LookupRequest(
             identifier=identifier_pb2.Identifier(type=int(identifier.type), value=identifier.value)  # type: ignore[arg-type]
         )
-        reply: identity_pb.ResolveResponse = await self._call(self._identity, self._identity_stub.Resolve, request)
-        return reply
+        try:
+            reply: identity_pb.LookupResponse = await self._call(self._identity, "Lookup", request)
+        except PeerError as error:
+            if error.not_found:
+                return None
+            raise
+        return reply.person_id
 
     async def person(self, person_id: str) -> identity_pb.Person:
         request = identity_pb.GetPersonRequest(person_id=person_id)
-        reply: identity_pb.GetPersonResponse = await self._call(self._identity, self._identity_stub.GetPerson, request)
+        reply: identity_pb.GetPersonResponse = await self._call(self._identity, "GetPerson", request)
         return reply.person
 
     # ------------------------------------------------------------------ profile
@@ -86,38 +121,36 @@ class RapportPeers:
             timeline_page_size=page_size,
             timeline_page_token=page_token,
         )
-        reply: profile_pb.GetProfileResponse = await self._call(self._profile, self._profile_stub.GetProfile, request)
+        reply: profile_pb.GetProfileResponse = await self._call(self._profile, "GetProfile", request)
         return reply
 
     async def describe(self, person_id: str, language: str) -> profile_pb.DescribeResponse:
         request = profile_pb.DescribeRequest(person=profile_pb.PersonSelector(person_id=person_id), language=language)
-        reply: profile_pb.DescribeResponse = await self._call(self._profile, self._profile_stub.Describe, request)
+        reply: profile_pb.DescribeResponse = await self._call(self._profile, "Describe", request)
         return reply
 
     # ------------------------------------------------------------------ decision
     async def decisions(self, person_id: str) -> list[decision_pb.RecordedDecision]:
         request = decision_pb.ListDecisionsRequest(person_id=person_id)
-        reply: decision_pb.ListDecisionsResponse = await self._call(
-            self._decision, self._decision_stub.ListDecisions, request
-        )
+        reply: decision_pb.ListDecisionsResponse = await self._call(self._decision, "ListDecisions", request)
         return list(reply.decisions)
 
     async def segments(self) -> list[decision_pb.Segment]:
         reply: decision_pb.ListSegmentsResponse = await self._call(
-            self._decision, self._decision_stub.ListSegments, decision_pb.ListSegmentsRequest()
+            self._decision, "ListSegments", decision_pb.ListSegmentsRequest()
         )
         return list(reply.segments)
 
     async def experiments(self) -> list[decision_pb.Experiment]:
         reply: decision_pb.ListExperimentsResponse = await self._call(
-            self._decision, self._decision_stub.ListExperiments, decision_pb.ListExperimentsRequest()
+            self._decision, "ListExperiments", decision_pb.ListExperimentsRequest()
         )
         return list(reply.experiments)
 
     async def experiment_report(self, experiment_id: str) -> decision_pb.GetExperimentReportResponse:
         request = decision_pb.GetExperimentReportRequest(experiment_id=experiment_id)
         reply: decision_pb.GetExperimentReportResponse = await self._call(
-            self._decision, self._decision_stub.GetExperimentReport, request
+            self._decision, "GetExperimentReport", request
         )
         return reply
 
@@ -126,14 +159,10 @@ class RapportPeers:
         request = messaging_pb.ListDeliveriesRequest(
             person=messaging_pb.PersonSelector(person_id=person_id), page_size=DELIVERIES_SHOWN
         )
-        reply: messaging_pb.ListDeliveriesResponse = await self._call(
-            self._messaging, self._messaging_stub.ListDeliveries, request
-        )
+        reply: messaging_pb.ListDeliveriesResponse = await self._call(self._messaging, "ListDeliveries", request)
         return list(reply.deliveries)
 
     async def consents(self, person_id: str) -> list[messaging_pb.ChannelConsent]:
         request = messaging_pb.GetConsentRequest(person=messaging_pb.PersonSelector(person_id=person_id))
-        reply: messaging_pb.GetConsentResponse = await self._call(
-            self._messaging, self._messaging_stub.GetConsent, request
-        )
+        reply: messaging_pb.GetConsentResponse = await self._call(self._messaging, "GetConsent", request)
         return list(reply.consents)

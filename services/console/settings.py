@@ -1,15 +1,16 @@
-"""Console settings, read once from the environment like every service's (services/common/settings.py)."""
+"""Console settings, read once from the environment like every service's (services/common/settings.py),
+with the same tracing settings (TracingSettings) and shutdown timing."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.common.settings import setting
+from services.common.settings import TracingSettings, setting
 
 
 @dataclass(frozen=True)
-class ConsoleSettings:
-    service_name: str = setting("RAPPORT_SERVICE_NAME", "console", "Name used in logs.")
+class ConsoleSettings(TracingSettings):
+    service_name: str = setting("RAPPORT_SERVICE_NAME", "console", "Name used in logs and traces.")
     host: str = setting("RAPPORT_HOST", "127.0.0.1", "Interface the console's HTTP server binds.")
     port: int = setting("RAPPORT_CONSOLE_PORT", 8060, "HTTP port of the console; 0 picks a free one (tests).")
     log_level: str = setting("RAPPORT_LOG_LEVEL", "info", "debug, info, warning or error.")
@@ -26,6 +27,14 @@ class ConsoleSettings:
     session_hours: float = setting("RAPPORT_CONSOLE_SESSION_HOURS", 8.0, "A sign-in lasts this long.")
     secure_cookie: bool = setting(
         "RAPPORT_CONSOLE_SECURE_COOKIE", False, "Send the session cookie over HTTPS only (set it behind TLS)."
+    )
+    shutdown_drain_s: float = setting(
+        "RAPPORT_SHUTDOWN_DRAIN_S",
+        0.0,
+        "On SIGTERM, /healthz answers 503 this long while pages are still served (set ~5 s on Kubernetes).",
+    )
+    shutdown_grace_s: float = setting(
+        "RAPPORT_SHUTDOWN_GRACE_S", 5.0, "Then requests in flight get this long to finish."
     )
     rpc_timeout_s: float = setting("RAPPORT_CONSOLE_RPC_TIMEOUT_S", 5.0, "Budget of each call to a service.")
     timeline_page_size: int = setting("RAPPORT_CONSOLE_TIMELINE_PAGE", 50, "Events per page of the timeline.")

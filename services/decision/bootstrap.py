@@ -14,7 +14,8 @@ from redis.exceptions import RedisError
 
 from rapport.decision.v1 import decision_service_pb2_grpc as pb_grpc
 from services.common.identity_client import IdentityClient
-from services.common.redis import RedisClient
+from services.common.person_changes import PersonChangeFollower, PersonChangeStream
+from services.common.redis import RedisClient, consumer_name
 from services.common.server import ServiceRegistration, cancel_tasks
 from services.decision.adapters.redis_store import DecisionStore
 from services.decision.catalog_admin import CatalogAdmin
@@ -28,6 +29,7 @@ from services.decision.domain.situations import SituationRules
 from services.decision.domain.strategies import Recommenders
 from services.decision.learning import Learner, Models
 from services.decision.metrics import DecisionMetrics
+from services.decision.person_changes import CONSUMER_GROUP, PersonChanges
 from services.decision.server import ERROR_DOMAIN, METHOD_SCOPES, SERVICE_NAME, DecisionServicer
 from services.decision.settings import DecisionSettings
 from services.profile.reader import ProfileReader
@@ -106,9 +108,13 @@ async def build_decision(settings: DecisionSettings) -> ServiceRegistration:
     except RedisError as error:  # start anyway: Decide answers degraded, learning retries
         log.warning("start_without_redis", error=type(error).__name__)
         loaded = False
+    person_changes = PersonChangeFollower(
+        PersonChangeStream(redis), CONSUMER_GROUP, consumer_name(), PersonChanges(store).apply
+    )
     background = [
         asyncio.create_task(learner.run(loaded), name="decision-learning"),
         asyncio.create_task(keep_writing_decisions(store), name="decision-history"),
+        asyncio.create_task(person_changes.run(), name="decision-person-changes"),
     ]
 
     async def close() -> None:

@@ -1,4 +1,4 @@
-"""The identity graph's use cases: resolve, link, describe, unlink, forget, publish events.
+"""The identity graph's use cases: resolve, look up, link, describe, unlink, forget, publish events.
 
 Concurrency scheme (several replicas, many callers; see README "Merging safely"):
 - An identifier is claimed for a person with `INSERT ... IF NOT EXISTS`: the first writer wins.
@@ -382,6 +382,16 @@ class IdentityGraph:
             return await action(targets)
 
     # ---------------------------------------------------------------- read
+    async def lookup(self, identifier: IdentifierKey) -> str:
+        """The root person of an identifier, as Cassandra holds it now. Writes nothing: no person at
+        first sight, no cache entry, no last sight (a look-up by staff is not a visit), no repair
+        of an interrupted merge (reads follow `merged_into` to the survivor anyway)."""
+        owner = await self._store.identifier_owner(identifier.key)
+        root = await self._root_of(owner) if owner is not None else None
+        if root is None:  # never seen, or erased (an owner erased under its identifier included)
+            raise NotFound("identity has never seen this identifier (or it was erased)", "IDENTIFIER_NOT_FOUND")
+        return root
+
     async def person_view(self, person_id: str) -> PersonView:
         root = await self._root_of(person_id)
         if root is None:

@@ -25,6 +25,7 @@ SCOPE_ADMIN = "identity.admin"
 METHOD_SCOPES = {
     f"/{SERVICE_NAME}/Resolve": SCOPE_RESOLVE,
     f"/{SERVICE_NAME}/BatchResolve": SCOPE_RESOLVE,
+    f"/{SERVICE_NAME}/Lookup": SCOPE_RESOLVE,
     f"/{SERVICE_NAME}/GetPerson": SCOPE_RESOLVE,
     f"/{SERVICE_NAME}/Link": SCOPE_LINK,
     f"/{SERVICE_NAME}/Unlink": SCOPE_ADMIN,
@@ -112,6 +113,11 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
                 for item in resolutions
             ]
         )
+
+    async def Lookup(self, request: pb.LookupRequest, context: grpc.aio.ServicerContext) -> pb.LookupResponse:
+        identifier = identifier_from_proto(request.identifier, "identifier")
+        person_id = await self._graph.lookup(identifier)
+        return pb.LookupResponse(person_id=person_id, identifier=identifier_to_proto(identifier))
 
     async def Link(self, request: pb.LinkRequest, context: grpc.aio.ServicerContext) -> pb.LinkResponse:
         identifiers = identifiers_from_proto(request.identifiers, "identifiers", 2, MAX_LINK_IDENTIFIERS)

@@ -9,11 +9,13 @@ import structlog
 
 from rapport.messaging.v1 import messaging_service_pb2_grpc as pb_grpc
 from services.common.identity_client import IdentityClient
+from services.common.person_changes import PersonChangeFollower, PersonChangeStream
+from services.common.redis import consumer_name
 from services.common.server import ServiceRegistration, cancel_tasks, open_stores
 from services.messaging.adapters.cassandra_store import SCHEMA_FILE, MessagingStore
 from services.messaging.adapters.channels import HttpSender, SmtpConfig, SmtpSender
 from services.messaging.adapters.peers import DecisionClient, ProfileTracker
-from services.messaging.adapters.redis_queue import MessagingQueue, consumer_name
+from services.messaging.adapters.redis_queue import MessagingQueue
 from services.messaging.domain.retry import RetryPolicy
 from services.messaging.domain.templates import Shop
 from services.messaging.domain.tokens import MessageTokens
@@ -93,9 +95,14 @@ async def build_messaging(settings: MessagingSettings) -> ServiceRegistration:
     )
     tracking = TrackingEndpoint(messaging, tokens, identity, tracker)
     runner, http_port = await start_tracking(tracking, settings.host, settings.http_port)
+    # Erasures announced by profile; always followed, whatever else is switched off.
+    person_changes = PersonChangeFollower(
+        PersonChangeStream(redis), "messaging", consumer, messaging.apply_person_change, settings.claim_idle_ms
+    )
     background = [
         asyncio.create_task(Dispatcher(queue).run(), name="messaging-dispatcher"),
         asyncio.create_task(sender.run(), name="messaging-sender"),
+        asyncio.create_task(person_changes.run(), name="messaging-person-changes"),
     ]
     if settings.follow_events:
         intake = TriggerIntake(queue, messaging, rules, people, consumer)

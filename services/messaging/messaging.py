@@ -15,11 +15,12 @@ import structlog
 from services.common import tracing
 from services.common.clock import now_ms
 from services.common.errors import FailedPrecondition, NotFound
+from services.common.person_changes import PersonChange, PersonChangeKind
 from services.messaging.adapters.cassandra_store import Contact, MessagingStore, StoredRule
 from services.messaging.adapters.redis_queue import MessagingQueue
 from services.messaging.domain.audiences import AudienceMember, write_customer_file
 from services.messaging.domain.delivery import Delivery, DeliveryStatus, delivery_id_for
-from services.messaging.domain.policy import ConsentState
+from services.messaging.domain.policy import ConsentState, daily_cap_keys_alive
 from services.messaging.domain.tokens import MessageTokens
 from services.messaging.domain.triggers import (
     DEFAULT_RULES,
@@ -34,6 +35,7 @@ from services.messaging.domain.triggers import (
 log = structlog.get_logger("rapport.messaging")
 RULES_REFRESH_S = 5.0
 EXPORT_CHUNK_ROWS = 1000
+ERASE_PAGE = 500
 
 
 def instance_to_json(instance: TriggerInstance, fired: bool = False, traceparent: str = "") -> str:
@@ -250,8 +252,32 @@ class Messaging:
             yield text
 
     # ------------------------------------------------------------------ erasure
+    async def apply_person_change(self, change: PersonChange) -> None:
+        """What profile announced (services/common/person_changes.py): an erasure erases each
+        person here. Merges change nothing here (contacts and consent stay with the person they
+        were given for)."""
+        if change.kind is PersonChangeKind.FORGET:
+            for person_id in change.person_ids:
+                await self.forget(person_id)
+
     async def forget(self, person_id: str) -> int:
-        deliveries = await self._store.deliveries_of(person_id, 10_000)
-        await self._queue.forget([delivery.delivery_id for delivery in deliveries])
-        await self._store.forget(person_id, [kind.name for kind in TriggerKind])
-        return len(deliveries)
+        """Erase everything messaging keeps about the person; how many deliveries were erased.
+
+        Redis first (working copies, due set, idempotency keys, done markers), then Cassandra
+        (delivery rows, dead letters, the index), page by page: an erasure cut short is simply
+        run again (the follower acknowledges it only once done), and finds the rest through the
+        index. Then contact, consent, cap counters and retargeting members (stored and queued).
+        """
+        erased = 0
+        while refs := await self._store.delivery_refs(person_id, ERASE_PAGE):
+            ids = [ref.delivery_id for ref in refs]
+            stored = [found for found in [await self._store.delivery(i) for i in ids] if found is not None]
+            queued = list((await self._queue.copies(ids)).values())
+            keys = sorted({delivery.idempotency_key for delivery in stored + queued if delivery.idempotency_key})
+            await self._queue.forget_deliveries(ids, keys)
+            await self._store.forget_deliveries(person_id, refs, stored + queued)
+            erased += len(refs)
+        await self._queue.forget_person(person_id, daily_cap_keys_alive(person_id, now_ms()))
+        await self._store.forget_person(person_id, [kind.name for kind in TriggerKind])
+        log.info("person_forgotten", person=person_id, deliveries=erased)
+        return erased

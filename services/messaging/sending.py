@@ -21,12 +21,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import email.policy
 import json
 import random
 import time
 from dataclasses import dataclass
-from email.message import EmailMessage
 from email.utils import formatdate
 
 import jinja2
@@ -42,12 +40,14 @@ from services.messaging.adapters.peers import DecisionClient, Pick, Picks
 from services.messaging.adapters.redis_queue import MessagingQueue, StreamEntries
 from services.messaging.domain.audiences import AudienceMember, hash_email, hash_phone, sync_batches
 from services.messaging.domain.delivery import Delivery, DeliveryStatus
+from services.messaging.domain.mime import OutgoingEmail, compose_email
 from services.messaging.domain.policy import (
     ConsentState,
     DeferUntil,
     QuietHours,
     SendPolicy,
     Skip,
+    daily_cap_key,
     decide_send,
     local_day,
 )
@@ -79,7 +79,6 @@ log = structlog.get_logger("rapport.messaging")
 PRODUCTS_PER_MESSAGE = 4
 # Long header values (a List-Unsubscribe URL has no space to fold at) stay one line up to RFC
 # 5322's 998 characters instead of being mangled into encoded words.
-EMAIL_POLICY = email.policy.SMTP.clone(max_line_length=998)
 
 
 @dataclass(frozen=True)
@@ -327,6 +326,20 @@ class Sender:
         at = now_ms()
         channel = Channel[delivery.channel]
         contact = await self._store.contact(delivery.person_id) or Contact(delivery.person_id)
+        handed = await self._queue.hand_over_of(delivery_id)
+        if handed is not None:
+            # The previous holder handed the email to the server and stopped before recording
+            # it: sending it again would be a duplicate (see SmtpSender.send).
+            log.warning("delivery_handed_over_before_stop", delivery=delivery_id)
+            sent = delivery.with_status(
+                DeliveryStatus.SENT,
+                attempts=delivery.attempts + 1,
+                sent_at_ms=handed.at_ms,
+                product_ids=handed.product_ids,
+                last_error="",
+            )
+            cap_key = f"{delivery.person_id}:{delivery.channel}:{local_day(handed.at_ms, contact.country).isoformat()}"
+            return await self._close(entry_id, sent, cap_key)
         instance, fired = instance_from_json(delivery.trigger_data)
         rules = await self._rules.refresh()
         if not fired:
@@ -343,7 +356,7 @@ class Sender:
         consent_name = consents.get(channel.name, ("UNKNOWN", 0))[0]
         consent = ConsentState[consent_name] if consent_name in ConsentState.__members__ else ConsentState.UNKNOWN
         country = contact.country
-        cap_key = f"{delivery.person_id}:{channel.name}:{local_day(at, country).isoformat()}"
+        cap_key = daily_cap_key(delivery.person_id, channel, local_day(at, country))
         decision = decide_send(
             channel,
             consent,
@@ -364,6 +377,8 @@ class Sender:
         try:
             products = await self._send(delivery, instance, channel, contact)
         except SendError as error:
+            if channel is Channel.EMAIL:  # a hand-over may have been recorded before the refusal
+                await self._queue.drop_hand_over(delivery_id)
             step = self._config.retry.next_step(attempt, error.permanent, at, self._rng)
             if isinstance(step, DeadLetter):
                 dead = delivery.with_status(
@@ -382,8 +397,11 @@ class Sender:
         return await self._close(entry_id, sent, cap_key)
 
     async def _close(self, entry_id: str, delivery: Delivery, cap_key: str | None = None) -> DeliveryStatus:
-        await self._queue.finish(entry_id, delivery, cap_key)
+        recorded = await self._queue.finish(entry_id, delivery, cap_key)
         self.metrics.finished(delivery)
+        if not recorded:  # the person was erased while this was in flight: no history to write
+            log.info("delivery_erased_in_flight", delivery=delivery.delivery_id, status=delivery.status.name)
+            return delivery.status
         try:
             await self._store.save_delivery(delivery)
         except Exception:
@@ -406,7 +424,14 @@ class Sender:
             return await self._join_audience(delivery, instance, contact)
         picks = await self._picks(delivery, instance, language)
         if channel is Channel.EMAIL:
-            await self._smtp.send(self._email(delivery, instance, contact, language, picks))
+            message = self._email(delivery, instance, contact, language, picks)
+            note = await self._queue.hand_over_note(
+                delivery.delivery_id, now_ms(), [pick.product_id for pick in picks.items]
+            )
+            try:
+                await self._smtp.send(message, note)
+            finally:
+                await note.close()
         else:
             link = self._track(delivery, 0, self._config.shop.url)
             if not link.startswith("https://"):
@@ -441,7 +466,7 @@ class Sender:
 
     def _email(
         self, delivery: Delivery, instance: TriggerInstance, contact: Contact, language: str, picks: Picks
-    ) -> EmailMessage:
+    ) -> OutgoingEmail:
         shop = self._config.shop
         unsubscribe = self._url("u", self._tokens.unsubscribe(Unsubscribe(delivery.person_id, Channel.EMAIL)))
         content = EmailContent(
@@ -460,20 +485,23 @@ class Sender:
             category=instance.category,
         )
         rendered = render_email(self._templates, content, lambda index, url: self._track(delivery, index, url))
-        message = EmailMessage(policy=EMAIL_POLICY)
-        message["From"] = f"{shop.name} <{self._config.sender_address}>"
-        message["To"] = contact.email
-        message["Subject"] = rendered.subject
-        message["Date"] = formatdate(localtime=False)
-        # Deterministic: a resend after a crash carries the same id, which mail clients deduplicate.
-        message["Message-ID"] = f"<{delivery.delivery_id}@rapport>"
-        message["X-Rapport-Delivery"] = delivery.delivery_id
-        message["X-Rapport-Trigger"] = delivery.idempotency_key
-        message["List-Unsubscribe"] = f"<{unsubscribe}>"
-        message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-        message.set_content(rendered.text)
-        message.add_alternative(rendered.html, subtype="html")
-        return message
+        return compose_email(
+            from_name=shop.name,
+            from_address=self._config.sender_address,
+            to_address=contact.email,
+            subject=rendered.subject,
+            date=formatdate(localtime=False),
+            # Deterministic: a resend after a crash carries the same id, which mail clients deduplicate.
+            message_id=f"<{delivery.delivery_id}@rapport>",
+            text=rendered.text,
+            html=rendered.html,
+            extra_headers=(
+                ("X-Rapport-Delivery", delivery.delivery_id),
+                ("X-Rapport-Trigger", delivery.idempotency_key),
+                ("List-Unsubscribe", f"<{unsubscribe}>"),
+                ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
+            ),
+        )
 
     def _url(self, kind: str, token: str) -> str:
         return f"{self._config.public_url.rstrip('/')}/{kind}/{token}"

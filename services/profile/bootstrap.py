@@ -6,6 +6,7 @@ import asyncio
 
 from rapport.profile.v1 import profile_service_pb2_grpc as pb_grpc
 from services.common.identity_client import IdentityClient
+from services.common.person_changes import PersonChangeStream
 from services.common.server import ServiceRegistration, cancel_tasks, open_stores
 from services.profile.adapters.cassandra_log import SCHEMA_FILE, CassandraProfileStore
 from services.profile.adapters.redis_state import RedisProfileState
@@ -31,6 +32,7 @@ async def build_profile(settings: ProfileSettings) -> ServiceRegistration:
         RedisProfileState(redis, settings.state_ttl_days * 86_400),
         identity,
         rules,
+        PersonChangeStream(redis),
     )
     background = (
         [asyncio.create_task(profiles.follow_identity(), name="profile-identity-merges")]

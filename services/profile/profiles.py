@@ -26,6 +26,7 @@ from services.common.clock import now_ms
 from services.common.errors import Aborted, FieldViolation, InvalidArgument
 from services.common.identifiers import IdentifierKey
 from services.common.identity_client import IdentityClient
+from services.common.person_changes import PersonChange, PersonChangeStream
 from services.profile.adapters.cassandra_log import CassandraProfileStore, LoggedEvent, TimelineCursor
 from services.profile.adapters.redis_state import RedisProfileState, StateWrite, StoredState
 from services.profile.codec import CheckedEvent, event_time_ms, stored_to_tracked
@@ -87,11 +88,17 @@ def stream_entry(person_id: str, event: TrackedEvent) -> str:
 
 class Profiles:
     def __init__(
-        self, store: CassandraProfileStore, live: RedisProfileState, identity: IdentityClient, rules: ProfileRules
+        self,
+        store: CassandraProfileStore,
+        live: RedisProfileState,
+        identity: IdentityClient,
+        rules: ProfileRules,
+        person_changes: PersonChangeStream,
     ) -> None:
         self._store = store
         self._live = live
         self._identity = identity
+        self._person_changes = person_changes
         self.rules = rules
         self._known_prices: set[tuple[str, str, int]] = set()
 
@@ -344,6 +351,9 @@ class Profiles:
             await self._store.erase_attributes(loser)
         await self._live.drop(losers)
         await self._live.forget_rfm(losers)
+        # Decision moves the losers' latest decisions to the survivor (at least once: replayed
+        # merges and every replica's announcement are harmless repeats).
+        await self._person_changes.publish(PersonChange.merge(survivor, losers))
         log.info("persons_absorbed", survivor=survivor, merged=list(losers))
 
     async def follow_identity(self, checkpoint_name: str = "identity-merges", retry_s: float = 1.0) -> None:
@@ -363,7 +373,13 @@ class Profiles:
 
     # ------------------------------------------------------------------ GDPR
     async def forget(self, person_id: str) -> tuple[list[str], int]:
-        """Erase the person and everyone merged into it, here and in identity."""
+        """Erase the person and everyone merged into it, here and in identity, and announce the
+        erasure to messaging and decision (services/common/person_changes.py), which erase theirs
+        when they read it.
+
+        The announcement goes out before identity's Forget: once identity has forgotten the merge
+        history, a retried ForgetPerson would no longer know the merged persons. The caller gets
+        an answer only after both, so an acknowledged erasure is on the stream."""
         group = {person_id, *(await self._identity.merged_into(person_id))}
         erased_events = 0
         for member in sorted(group):
@@ -374,7 +390,11 @@ class Profiles:
         await self._live.forget_rfm(sorted(group))
         await self._live.forget_merged(sorted(group))
         await self._live.erase_events_about(group)
+        await self._person_changes.publish(PersonChange.forget(sorted(group)))
         erased_in_identity = await self._identity.forget(person_id)
+        unannounced = set(erased_in_identity) - group  # merged between the two reads of identity
+        if unannounced:
+            await self._person_changes.publish(PersonChange.forget(sorted(unannounced)))
         log.info("person_forgotten", person=person_id, persons=len(group), events=erased_events)
         return sorted(group | set(erased_in_identity)), erased_events
 

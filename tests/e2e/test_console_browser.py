@@ -2,7 +2,8 @@
 Selenium), in front of identity, profile, decision and messaging running as processes on the real
 Redis and Cassandra. A visitor is seeded through the public RPCs (identifiers, views, a cart, a
 purchase, a sign-up email with consent, decisions); then staff sign in (a wrong key first), search
-the visitor and read their page, then the segments and experiments. Screenshots are kept under
+an identifier nobody has (no such person, and none created), search the visitor and read their
+page, then the segments and experiments. Screenshots are kept under
 .state/artefacts/console/."""
 
 from __future__ import annotations
@@ -397,11 +398,31 @@ def test_staff_sign_in_search_a_visitor_and_read_their_whole_story(
         session = {cookie["name"]: cookie for cookie in browser.get_cookies()}["rapport_console"]
         assert session["httpOnly"] and STAFF_KEY not in session["value"]
 
+        # An identifier identity has never seen finds no one, and the search creates no one.
+        never_seen = f"never-seen-{uuid.uuid4().hex[:12]}"
+        browser.get(f"{url}/")
+        Select(browser.find_element(By.ID, "search-kind")).select_by_value("COOKIE")
+        browser.find_element(By.ID, "search-value").send_keys(never_seen)
+        browser.find_element(By.ID, "search").click()
+        wait.until(expected_conditions.presence_of_element_located((By.ID, "search-error")))
+        assert "No such person" in text_of("search-error")
+        screenshot(browser, "03-no-such-person", shots)
+        with grpc.insecure_channel(stack["identity"].address) as channel:
+            with pytest.raises(grpc.RpcError) as raised:
+                identity_grpc.IdentityServiceStub(channel).Lookup(
+                    identity_pb.LookupRequest(
+                        identifier=common.Identifier(type=common.IDENTIFIER_TYPE_COOKIE, value=never_seen)
+                    ),
+                    metadata=bearer(ADMIN_KEY),
+                    timeout=10,
+                )
+            assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+
         # Search by the cookie, as staff would with what a customer tells them.
         browser.get(f"{url}/")
         Select(browser.find_element(By.ID, "search-kind")).select_by_value("COOKIE")
         browser.find_element(By.ID, "search-value").send_keys(visitor.cookie)
-        screenshot(browser, "03-search", shots)
+        screenshot(browser, "04-search", shots)
         browser.find_element(By.ID, "search").click()
         wait.until(expected_conditions.presence_of_element_located((By.ID, "person-id")))
         assert text_of("person-id") == visitor.person_id
@@ -435,7 +456,7 @@ def test_staff_sign_in_search_a_visitor_and_read_their_whole_story(
         assert "Welcome" in messages and "Sent" in messages
         consent = text_of("consent")
         assert "Granted" in consent and "Never asked" in consent
-        screenshot(browser, "04-person", shots)
+        screenshot(browser, "05-person", shots)
 
         browser.find_element(By.LINK_TEXT, "Français").click()
         wait.until(expected_conditions.text_to_be_present_in_element((By.ID, "describe"), "visite"))
@@ -446,7 +467,7 @@ def test_staff_sign_in_search_a_visitor_and_read_their_whole_story(
         assert visitor.segment_id in segments and "Cart holders" in segments
         experiments = text_of("experiments")
         assert visitor.experiment_id in experiments and "holdout" in experiments and "Search" in experiments
-        screenshot(browser, "05-segments-and-experiments", shots)
+        screenshot(browser, "06-segments-and-experiments", shots)
 
         browser.find_element(By.ID, "sign-out").click()
         wait.until(expected_conditions.presence_of_element_located((By.ID, "api-key")))

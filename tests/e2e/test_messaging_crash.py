@@ -34,9 +34,20 @@ def wait_until(check: object, within_s: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.mark.parametrize(
+    "kill_point",
+    [
+        # Before the message is handed over: the restarted process sends it.
+        "while the server holds RCPT",
+        # After the server kept the message, before its 250 reached the sender: the restarted
+        # process finds the hand-over record and does not send it again.
+        "after the server kept the message, before its reply",
+    ],
+)
 def test_messaging_killed_mid_send_delivers_the_abandoned_cart_email_exactly_once(
-    tmp_path: Path, e2e_keyspace: str, run_id: str, cassandra_admin: CassandraClient
+    tmp_path: Path, e2e_keyspace: str, run_id: str, cassandra_admin: CassandraClient, kill_point: str
 ) -> None:
+    held_after_data = kill_point.startswith("after")
     keyspaces = {name: f"e2e_{name}_{run_id}" for name in ("profile", "messaging")}
     cassandra_admin.created_keyspaces.extend(keyspaces.values())  # type: ignore[attr-defined]
     prefix = {"RAPPORT_REDIS_PREFIX": f"e2e-messaging:{run_id}:"}
@@ -84,7 +95,11 @@ def test_messaging_killed_mid_send_delivers_the_abandoned_cart_email_exactly_onc
                 pb.SetConsentRequest(person=selector, channel=pb.CHANNEL_EMAIL, state=pb.CONSENT_STATE_GRANTED),
                 metadata=bearer(ADMIN_KEY),
             )
-            smtp.rcpt_delay_s = 30.0  # the send hangs in the SMTP transaction: the kill lands there
+            # The send hangs in the SMTP transaction: the kill lands there.
+            if held_after_data:
+                smtp.data_reply_delay_s = 30.0
+            else:
+                smtp.rcpt_delay_s = 30.0
             for _ in range(3):  # the same cart, three times
                 at = Timestamp()
                 at.FromMilliseconds(int(time.time() * 1000))
@@ -102,23 +117,34 @@ def test_messaging_killed_mid_send_delivers_the_abandoned_cart_email_exactly_onc
                     ),
                 )
                 profiles.Track(profile_pb.TrackRequest(event=event), metadata=bearer(ADMIN_KEY))
-            wait_until(lambda: smtp.rcpt_seen >= 1, 30, "the send to start")
+            if held_after_data:
+                wait_until(lambda: len(smtp.to(email)) == 1, 30, "the server to keep the message")
+            else:
+                wait_until(lambda: smtp.rcpt_seen >= 1, 30, "the send to start")
             messaging.process.kill()
             messaging.process.wait(10)
-            assert smtp.to(email) == []
+            assert len(smtp.to(email)) == (1 if held_after_data else 0)
             smtp.rcpt_delay_s = 0.0
+            smtp.data_reply_delay_s = 0.0
         messaging = start_service("messaging", tmp_path, messaging_env)
         services.append(messaging)
         wait_until(lambda: len(smtp.to(email)) >= 1, 30, "the email after the restart")
+
+        def cart_deliveries() -> list[pb.Delivery]:
+            with grpc.insecure_channel(messaging.address) as channel:
+                listed = pb_grpc.MessagingServiceStub(channel).ListDeliveries(
+                    pb.ListDeliveriesRequest(person=pb.PersonSelector(person_id=person.person_id)),
+                    metadata=bearer(ADMIN_KEY),
+                )
+            return [d for d in listed.deliveries if d.kind == pb.TRIGGER_KIND_ABANDONED_CART]
+
+        # The restarted process takes the delivery over once the killed one's lease has run out.
+        wait_until(
+            lambda: [d.status for d in cart_deliveries()] == [pb.DELIVERY_STATUS_SENT], 30, "the delivery recorded sent"
+        )
         time.sleep(3.0)  # a duplicate would arrive in this time
         assert len(smtp.to(email)) == 1
-        with grpc.insecure_channel(messaging.address) as channel:
-            stub = pb_grpc.MessagingServiceStub(channel)
-            listed = stub.ListDeliveries(
-                pb.ListDeliveriesRequest(person=pb.PersonSelector(person_id=person.person_id)),
-                metadata=bearer(ADMIN_KEY),
-            )
-        carts = [d for d in listed.deliveries if d.kind == pb.TRIGGER_KIND_ABANDONED_CART]
+        carts = cart_deliveries()
         assert len(carts) == 1 and carts[0].status == pb.DELIVERY_STATUS_SENT
         assert smtp.to(email)[0]["Message-ID"] == f"<{carts[0].delivery_id}@rapport>"
     finally:

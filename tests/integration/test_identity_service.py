@@ -56,6 +56,39 @@ async def test_concurrent_first_sights_agree_on_one_person(
     assert sum(reply.created for reply in replies) == 1
 
 
+async def test_lookup_finds_the_person_and_never_creates_one(
+    identity: IdentityHarness, unique: Callable[[str], str]
+) -> None:
+    unknown, phone, customer = unique("never"), unique("lphone"), unique("lcust")
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await identity.call("Lookup", pb.LookupRequest(identifier=ident(COOKIE, unknown)))
+    details = error_details(raised.value)
+    assert details.code == grpc.StatusCode.NOT_FOUND
+    assert (details.reason, details.domain) == ("IDENTIFIER_NOT_FOUND", "rapport.identity")
+    assert unknown not in raised.value.details()
+    assert (await resolve(identity, COOKIE, unknown)).created  # the look-up made no one
+
+    phone_person = (await resolve(identity, COOKIE, phone)).person_id
+    found = await identity.call("Lookup", pb.LookupRequest(identifier=ident(COOKIE, phone)), key=STOREFRONT_KEY)
+    assert found.person_id == phone_person and found.identifier.value == phone
+    survivor = (await link(identity, ident(COOKIE, phone), ident(CUSTOMER, customer))).person_id
+    assert survivor != phone_person  # the customer id's holder survives
+    after_merge = await identity.call("Lookup", pb.LookupRequest(identifier=ident(COOKIE, phone)))
+    assert after_merge.person_id == survivor
+
+    raw_email = f"{unique('ljane')}@Example.org"
+    with pytest.raises(grpc.aio.AioRpcError):
+        await identity.call("Lookup", pb.LookupRequest(identifier=ident(EMAIL, raw_email)))
+    by_email = await resolve(identity, EMAIL, raw_email)
+    hashed = await identity.call("Lookup", pb.LookupRequest(identifier=ident(EMAIL, f"  {raw_email.upper()} ")))
+    assert hashed.person_id == by_email.person_id and hashed.identifier.value == by_email.identifier.value
+
+    await identity.call("Forget", pb.ForgetRequest(person_id=survivor))
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await identity.call("Lookup", pb.LookupRequest(identifier=ident(CUSTOMER, customer)))
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+
+
 async def test_batch_resolve_keeps_request_order(identity: IdentityHarness, unique: Callable[[str], str]) -> None:
     values = [unique("b") for _ in range(30)]
     reply = await identity.call("BatchResolve", pb.BatchResolveRequest(identifiers=[ident(COOKIE, v) for v in values]))
@@ -248,6 +281,8 @@ async def test_merges_are_streamed_in_order(identity: IdentityHarness, unique: C
             ),
             "identifiers[1].value",
         ),
+        ("Lookup", pb.LookupRequest(identifier=common.Identifier(type=COOKIE, value="")), "identifier.value"),
+        ("Lookup", pb.LookupRequest(), "identifier.type"),
         ("BatchResolve", pb.BatchResolveRequest(), "identifiers"),
         ("GetPerson", pb.GetPersonRequest(person_id="../../etc/passwd"), "person_id"),
         ("Forget", pb.ForgetRequest(person_id=""), "person_id"),

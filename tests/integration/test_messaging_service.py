@@ -441,7 +441,7 @@ async def test_daily_cap_skips_the_third_email_of_the_day(messaging: MessagingHa
     for queue in ("scheduled", "send_queued", "send_in_flight", "audience_pending", "audience_in_flight"):
         assert after[f'rapport_messaging_queue_depth{{queue="{queue}"}}'] >= 0
     assert after['rapport_cassandra_query_duration_seconds_count{lwt="no",statement="SELECT"}'] > 0
-    assert after['rapport_redis_command_duration_seconds_count{command="MULTI"}'] > 0  # finish() is a transaction
+    assert after['rapport_redis_command_duration_seconds_count{command="EVALSHA"}'] > 0  # finish() is one script
 
 
 async def _closed(messaging: MessagingHarness, delivery_id: str) -> bool:

@@ -1,6 +1,7 @@
 """The staff console without the services: signed sessions, who may sign in, the search form,
 the rows pages show, and the HTTP app itself against fake services (sign-in, refusals, a person
-page, a service that does not answer)."""
+page, an unknown identifier, a service that does not answer, draining), the trace context a page
+passes on (and its spans when exported), and the peers' read-only Lookup."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from typing import Any, cast
 import grpc
 import pytest
 from aiohttp import test_utils
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
 
 from rapport.common.v1 import event_pb2
 from rapport.common.v1 import identifier_pb2 as common
@@ -18,8 +22,11 @@ from rapport.decision.v1 import decision_service_pb2 as decision_pb
 from rapport.identity.v1 import identity_service_pb2 as identity_pb
 from rapport.messaging.v1 import messaging_service_pb2 as messaging_pb
 from rapport.profile.v1 import profile_service_pb2 as profile_pb
+from services.common import tracing
 from services.common.auth import ApiKeyRegistry
 from services.common.identifiers import IdentifierKey, IdentifierType
+from services.common.settings import load_settings
+from services.common.spans import SpanExport
 from services.console import views
 from services.console.app import Console
 from services.console.peers import PeerError, RapportPeers
@@ -31,6 +38,7 @@ from services.console.sessions import (
     safe_next_path,
     staff_for_key,
 )
+from services.console.settings import ConsoleSettings
 
 NOW_S = 1_750_000_000
 NOW_MS = NOW_S * 1000
@@ -41,6 +49,8 @@ KEYS = ApiKeyRegistry.parse(
     f"staff:{STAFF_KEY}:console.view;shop:{SHOP_KEY}:identity.resolve;ops:rk_ops_0123456789abcdef:*"
 )
 PERSON = "0123456789abcdef0123456789abcdef"
+PEER_METADATA = (("authorization", "Bearer rk_console_to_identity"),)
+CALLER_TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 SURVIVOR = "fedcba9876543210fedcba9876543210"
 
 
@@ -246,19 +256,23 @@ class FakeServices:
 
     def __init__(self) -> None:
         self.down: set[str] = set()
-        self.resolved: list[IdentifierKey] = []
+        self.looked_up: list[IdentifierKey] = []
+        self.sent_metadata: list[tuple[tuple[str, str], ...]] = []
 
     def _check(self, service: str) -> None:
         if service in self.down:
             raise PeerError(service, grpc.StatusCode.UNAVAILABLE, "connection refused")
 
-    async def resolve(self, identifier: IdentifierKey) -> identity_pb.ResolveResponse:
+    async def lookup(self, identifier: IdentifierKey) -> str | None:
         self._check("identity")
-        self.resolved.append(identifier)
-        return identity_pb.ResolveResponse(person_id=PERSON, created=identifier.value == "never-seen")
+        self.looked_up.append(identifier)
+        return None if identifier.value == "never-seen" else PERSON
 
     async def person(self, person_id: str) -> identity_pb.Person:
         self._check("identity")
+        # What a call made now would carry, as RapportPeers sends it (the page's trace context).
+        with tracing.outgoing("rapport.identity.v1.IdentityService/GetPerson", PEER_METADATA) as metadata:
+            self.sent_metadata.append(metadata)
         if person_id == "0" * 32:
             raise PeerError("identity", grpc.StatusCode.NOT_FOUND, "")
         cookie = identity_pb.LinkedIdentifier(
@@ -339,7 +353,7 @@ async def test_every_page_but_sign_in_needs_a_session(console: Any) -> None:
         assert response.headers["Location"].startswith("/login?next=")
     assert (await console.post("/search", data={"kind": "COOKIE", "value": "c"}, allow_redirects=False)).status == 401
     assert (await console.get("/healthz")).status == 200
-    assert console.services.resolved == []
+    assert console.services.looked_up == []
 
 
 async def test_a_wrong_key_is_refused_and_a_right_one_opens_a_session(console: Any) -> None:
@@ -364,14 +378,15 @@ async def test_search_goes_to_the_person_page(console: Any) -> None:
     await sign_in(console)
     found = await console.post("/search", data={"kind": "COOKIE", "value": "c-123"}, allow_redirects=False)
     assert found.headers["Location"] == f"/people/{PERSON}"
-    new = await console.post("/search", data={"kind": "COOKIE", "value": "never-seen"}, allow_redirects=False)
-    assert new.headers["Location"] == f"/people/{PERSON}?first_sight=1"
+    unknown = await console.post("/search", data={"kind": "COOKIE", "value": "never-seen"}, allow_redirects=False)
+    assert unknown.status == 404 and "No such person" in await unknown.text()
+    assert 'value="never-seen"' in await unknown.text()  # the form keeps what staff typed
     by_id = await console.post("/search", data={"kind": "PERSON_ID", "value": SURVIVOR}, allow_redirects=False)
     assert by_id.headers["Location"] == f"/people/{SURVIVOR}"
     bad = await console.post("/search", data={"kind": "EMAIL_SHA256", "value": "not-an-address"})
     assert bad.status == 400 and "e-mail address" in await bad.text()
     await console.post("/search", data={"kind": "EMAIL_SHA256", "value": "Camille@example.com"})
-    assert console.services.resolved[-1].value == hashlib.sha256(b"camille@example.com").hexdigest()
+    assert console.services.looked_up[-1].value == hashlib.sha256(b"camille@example.com").hexdigest()
 
 
 async def test_the_person_page_shows_every_part(console: Any) -> None:
@@ -424,3 +439,101 @@ async def test_the_segments_page_lists_segments_and_experiment_reports(console: 
     await sign_in(console)
     text = await (await console.get("/segments")).text()
     assert "Knitwear fans" in text and "lead-test" in text and "holdout" in text
+
+
+async def test_a_draining_console_fails_its_health_check_and_still_serves_pages() -> None:
+    console = Console(cast(RapportPeers, FakeServices()), KEYS, SessionSigner(SECRET, 3600))
+    async with test_utils.TestClient(test_utils.TestServer(console.app())) as client:
+        assert (await client.get("/healthz")).status == 200
+        console.drain()
+        assert (await client.get("/healthz")).status == 503
+        assert (await client.get("/login")).status == 200
+
+
+# ---------------------------------------------------------------------------------- trace context
+async def test_a_page_passes_the_callers_trace_context_on_to_the_services(console: Any) -> None:
+    await sign_in(console)
+    headers = {"traceparent": CALLER_TRACEPARENT, "tracestate": "vendor=1"}
+    assert (await console.get(f"/people/{PERSON}", headers=headers)).status == 200
+    assert console.services.sent_metadata[-1] == (
+        *PEER_METADATA,
+        ("traceparent", CALLER_TRACEPARENT),
+        ("tracestate", "vendor=1"),
+    )
+    await console.get(f"/people/{PERSON}")
+    assert console.services.sent_metadata[-1] == PEER_METADATA
+    await console.get(f"/people/{PERSON}", headers={"traceparent": "00-not-a-trace"})
+    assert console.services.sent_metadata[-1] == PEER_METADATA
+
+
+async def test_with_spans_a_page_is_a_server_span_and_its_calls_are_its_children(console: Any) -> None:
+    memory = InMemorySpanExporter()
+    export = SpanExport.with_processor("rapport-console-test", SimpleSpanProcessor(memory))
+    tracing.use_span_export(export)
+    try:
+        await sign_in(console)
+        await console.get(f"/people/{PERSON}", headers={"traceparent": CALLER_TRACEPARENT})
+        await console.get("/healthz")
+    finally:
+        tracing.use_span_export(None)
+        export.shutdown()
+    spans = memory.get_finished_spans()
+    page = next(span for span in spans if span.name == "GET /people/{person_id}")
+    assert page.kind is SpanKind.SERVER and page.parent is not None and page.context is not None
+    assert (page.context.trace_id, page.parent.span_id) == (int(CALLER_TRACEPARENT[3:35], 16), 0x00F067AA0BA902B7)
+    attributes = dict(page.attributes or {})
+    assert attributes["http.route"] == "/people/{person_id}" and attributes["http.response.status_code"] == 200
+    assert PERSON not in page.name and PERSON not in repr(attributes)
+    call = next(span for span in spans if span.name == "rapport.identity.v1.IdentityService/GetPerson")
+    assert call.kind is SpanKind.CLIENT and call.parent is not None and call.context is not None
+    assert call.parent.span_id == page.context.span_id
+    assert f"-{call.context.span_id:016x}-" in dict(console.services.sent_metadata[-1])["traceparent"]
+    sign_in_span = next(span for span in spans if span.name == "POST /login")
+    assert dict(sign_in_span.attributes or {})["http.response.status_code"] == 303
+    assert sign_in_span.status.status_code is not StatusCode.ERROR
+    assert not any("healthz" in span.name for span in spans)
+
+
+class RecordingIdentityStub:
+    """Identity's Lookup as RapportPeers calls it: what it was sent, and a chosen answer."""
+
+    def __init__(self) -> None:
+        self.failure: grpc.StatusCode | None = None
+        self.calls: list[tuple[identity_pb.LookupRequest, Any, float]] = []
+
+    async def Lookup(self, request: identity_pb.LookupRequest, metadata: Any, timeout: float) -> Any:
+        self.calls.append((request, metadata, timeout))
+        if self.failure is not None:
+            raise grpc.aio.AioRpcError(self.failure, grpc.aio.Metadata(), grpc.aio.Metadata(), "details")
+        return identity_pb.LookupResponse(person_id=PERSON, identifier=request.identifier)
+
+
+async def test_peers_look_up_an_identifier_read_only_with_the_pages_trace_context() -> None:
+    settings = load_settings(ConsoleSettings, {}, identity_api_key="rk_console_to_identity", rpc_timeout_s=2.0)
+    peers = RapportPeers(settings)
+    stub = RecordingIdentityStub()
+    peers._identity.stub = stub
+    cookie = IdentifierKey(IdentifierType.COOKIE, "c-123")
+    try:
+        trace = tracing.PASS_THROUGH.start("GET /", CALLER_TRACEPARENT, None, "")
+        try:
+            assert await peers.lookup(cookie) == PERSON
+        finally:
+            assert trace is not None
+            trace.end("303")
+        request, metadata, timeout = stub.calls[-1]
+        assert (request.identifier.type, request.identifier.value, timeout) == (
+            common.IDENTIFIER_TYPE_COOKIE,
+            "c-123",
+            2.0,
+        )
+        assert metadata == (*PEER_METADATA, ("traceparent", CALLER_TRACEPARENT))
+        stub.failure = grpc.StatusCode.NOT_FOUND
+        assert await peers.lookup(cookie) is None  # never seen: no one, and nothing created
+        assert stub.calls[-1][1] == PEER_METADATA  # outside a page's trace, nothing more is sent
+        stub.failure = grpc.StatusCode.UNAVAILABLE
+        with pytest.raises(PeerError) as raised:
+            await peers.lookup(cookie)
+        assert (raised.value.service, raised.value.code) == ("identity", grpc.StatusCode.UNAVAILABLE)
+    finally:
+        await peers.close()

@@ -5,9 +5,11 @@ from __future__ import annotations
 import orjson
 
 from services.decision.domain.recent_decisions import (
+    KEPT_PER_PERSON,
     RecordedDecision,
     RecordedItem,
     decision_entry,
+    merged_entries,
     read_entry,
 )
 from services.decision.domain.recommenders import Candidate
@@ -74,3 +76,24 @@ def test_an_entry_that_is_not_a_decision_is_skipped() -> None:
     assert read_entry(b"not json") is None
     assert read_entry(b'{"id": "x"}') is None
     assert read_entry(orjson.dumps({**orjson.loads(entry()), "i": [["only-an-id"]]})) is None
+
+
+def test_a_merge_joins_the_lists_newest_first_each_decision_once_and_capped() -> None:
+    def at(decision_id: str, decided_ms: int) -> str:
+        return entry(decision_id=decision_id, decided_ms=decided_ms).decode()
+
+    survivor = [at("s2", 500), at("s1", 100)]
+    merged_away = [at("m2", 900), at("s2", 500), "not json", at("m1", 300)]
+    joined = merged_entries([survivor, merged_away])
+    assert [decision.decision_id if (decision := read_entry(raw)) else raw for raw in joined] == [
+        "m2",
+        "s2",
+        "m1",
+        "s1",
+        "not json",
+    ]
+    many = [[at(f"d{i}", i) for i in range(15)], [at(f"e{i}", 100 + i) for i in range(15)]]
+    kept = [read_entry(raw) for raw in merged_entries(many)]
+    assert len(kept) == KEPT_PER_PERSON
+    assert [decision.decision_id for decision in kept if decision][:2] == ["e14", "e13"]
+    assert merged_entries([[], []]) == []

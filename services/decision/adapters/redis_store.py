@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import structlog
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, WatchError
 
 from services.common.redis import RedisClient
 from services.decision.domain import recent_decisions
@@ -23,6 +23,7 @@ CATALOG_CHANGES_MAX_LEN = 200_000
 FEEDBACK_MEMORY_S = 7 * 86_400
 # Decisions waiting for their write to the persons' lists (written every fraction of a second).
 UNWRITTEN_DECISIONS_MAX = 50_000
+MERGE_ATTEMPTS = 8
 
 
 class DecisionStore:
@@ -250,3 +251,40 @@ class DecisionStore:
         await self.write_behind()
         raw: list[str] = await self._redis.lrange(self._recent_prefix + person_id, 0, limit - 1)
         return [decision for decision in map(recent_decisions.read_entry, raw) if decision is not None]
+
+    async def forget_decisions(self, person_ids: Sequence[str]) -> None:
+        """GDPR erasure: the persons' latest decisions, and those this replica has not written yet."""
+        erased = set(person_ids)
+        self._unwritten_decisions = [
+            (person, entry) for person, entry in self._unwritten_decisions if person not in erased
+        ]
+        if erased:
+            await self._redis.delete(*(self._recent_prefix + person_id for person_id in sorted(erased)))
+
+    async def move_decisions(self, survivor: str, merged: Sequence[str]) -> None:
+        """After a merge: the merged persons' latest decisions join the survivor's list (newest
+        first, capped), and their own lists go. Optimistic (WATCH): a Decide writing to one of the
+        lists meanwhile makes it start again."""
+        losers = [person_id for person_id in merged if person_id != survivor]
+        if not losers:
+            return
+        target = self._recent_prefix + survivor
+        sources = [self._recent_prefix + person_id for person_id in losers]
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for _attempt in range(MERGE_ATTEMPTS):
+                try:
+                    await pipe.watch(target, *sources)
+                    found = [await pipe.lrange(key, 0, -1) for key in (target, *sources)]
+                    if not any(found[1:]):
+                        await pipe.reset()
+                        return
+                    entries = recent_decisions.merged_entries(found)
+                    pipe.multi()
+                    pipe.delete(target, *sources)
+                    pipe.rpush(target, *entries)
+                    pipe.expire(target, recent_decisions.KEPT_FOR_S)
+                    await pipe.execute()
+                    return
+                except WatchError:
+                    continue
+        raise WatchError("the latest decisions kept changing while they were being moved")  # retried later

@@ -107,3 +107,19 @@ def read_entry(raw: str | bytes) -> RecordedDecision | None:
         )
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         return None
+
+
+def merged_entries(lists: Sequence[Sequence[str]]) -> list[str]:
+    """The entries of several persons' lists as one person's list, after a merge: newest first,
+    each decision once, at most `KEPT_PER_PERSON`. An unreadable entry sorts last."""
+    by_id: dict[str, tuple[int, str]] = {}
+    unreadable: list[str] = []
+    for entries in lists:
+        for raw in entries:
+            decision = read_entry(raw)
+            if decision is None:
+                unreadable.append(raw)
+            elif decision.decision_id not in by_id:
+                by_id[decision.decision_id] = (decision.decided_ms, raw)
+    newest_first = [raw for _, raw in sorted(by_id.values(), key=lambda kept: -kept[0])]
+    return (newest_first + unreadable)[:KEPT_PER_PERSON]

@@ -26,6 +26,14 @@ class Contact:
 
 
 @dataclass(frozen=True)
+class DeliveryRef:
+    """An entry of a person's delivery index."""
+
+    created_at: datetime
+    delivery_id: str
+
+
+@dataclass(frozen=True)
 class StoredRule:
     kind: str
     enabled: bool
@@ -229,9 +237,30 @@ class MessagingStore:
         return members
 
     # erasure
-    async def forget(self, person_id: str, kinds: Sequence[str]) -> None:
-        for delivery in await self.deliveries_of(person_id, 10_000):
-            await self._db.execute("DELETE FROM {keyspace}.delivery WHERE delivery_id = ?", [delivery.delivery_id])
+    async def delivery_refs(self, person_id: str, limit: int) -> list[DeliveryRef]:
+        """The first `limit` entries of the person's delivery index (whether or not their rows exist)."""
+        rows = await self._db.execute(
+            "SELECT created_at, delivery_id FROM {keyspace}.delivery_by_person WHERE person_id = ? LIMIT ?",
+            [person_id, limit],
+        )
+        return [DeliveryRef(row["created_at"], row["delivery_id"]) for row in rows]
+
+    async def forget_deliveries(self, person_id: str, refs: Sequence[DeliveryRef], known: Sequence[Delivery]) -> None:
+        """Erase these deliveries of the person: their rows, their dead letters (`known`: the
+        deliveries as stored or queued, which say which died and when) and their index entries."""
+        for delivery in known:
+            if delivery.status is DeliveryStatus.DEAD:
+                await self.remove_dead_letter(delivery)
+        for ref in refs:
+            await self._db.execute("DELETE FROM {keyspace}.delivery WHERE delivery_id = ?", [ref.delivery_id])
+            await self._db.execute(
+                "DELETE FROM {keyspace}.delivery_by_person WHERE person_id = ? AND created_at = ? AND delivery_id = ?",
+                [person_id, ref.created_at, ref.delivery_id],
+            )
+
+    async def forget_person(self, person_id: str, kinds: Sequence[str]) -> None:
+        """Erase the person's contact, consent, audience memberships (one per trigger kind) and
+        what is left of its delivery index."""
         for cql in (
             "DELETE FROM {keyspace}.delivery_by_person WHERE person_id = ?",
             "DELETE FROM {keyspace}.contact WHERE person_id = ?",

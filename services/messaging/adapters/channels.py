@@ -8,11 +8,20 @@ import asyncio
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from email.message import EmailMessage
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import aiosmtplib
+from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
+from aiosmtplib.status import SMTPStatus
+
+from services.messaging.domain.mime import OutgoingEmail
+
+
+class HandOver(Protocol):
+    """Records that an email was handed to the server (see SmtpSender.send)."""
+
+    def write_now(self) -> None: ...
 
 
 class SendError(Exception):
@@ -54,20 +63,65 @@ class SmtpSender:
             await client.login(self._config.username, self._config.password)
         return client
 
-    async def send(self, message: EmailMessage) -> None:
+    async def send(self, message: OutgoingEmail, handing_over: HandOver | None = None) -> None:
+        """One SMTP transaction. `handing_over`, when given, is written once the whole message,
+        its final "." line included, is in the kernel's socket buffer, in the same step (no await
+        in between): the server accepts the message when it reads that line, and a process killed
+        after that step still has the kernel deliver the line and the record (HandOverNote)."""
         async with self._slots:
             client = self._idle.get_nowait() if not self._idle.empty() else None
             try:
                 if client is None or not client.is_connected:
                     client = await self._connect()
-                await client.send_message(message)
+                await self._transaction(client, message, handing_over)
             except aiosmtplib.SMTPResponseException as error:
                 await _close(client)
                 raise SendError(f"SMTP {error.code} {error.message}", permanent=500 <= error.code < 600) from error
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
                 await _close(client)
                 raise SendError(f"SMTP unreachable: {type(error).__name__}: {error}", permanent=False) from error
+            except BaseException:  # the hand-over could not be recorded: the message is never ended
+                if client is not None:
+                    client.close()
+                raise
             self._idle.put_nowait(client)
+
+    async def _transaction(
+        self, client: aiosmtplib.SMTP, message: OutgoingEmail, handing_over: HandOver | None
+    ) -> None:
+        sender, recipients = message.sender, message.recipients
+        if not sender or not recipients:
+            raise SendError("the message has no sender or no recipient", permanent=True)
+        if client.last_ehlo_response is None:
+            await client.ehlo()
+        mail_options: list[str] = []
+        utf8 = not (sender + "".join(recipients)).isascii()
+        if utf8:
+            if not client.supports_extension("smtputf8"):
+                raise SendError("a non-ASCII address and a server without SMTPUTF8", permanent=True)
+            mail_options.append("SMTPUTF8")
+        # Dot-stuffing and CRLF line ends, as aiosmtplib's own DATA command prepares them.
+        body = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(message.data))
+        await client.mail(sender, options=mail_options, encoding="utf-8" if utf8 else "ascii")
+        for recipient in recipients:
+            await client.rcpt(recipient, encoding="utf-8" if utf8 else "ascii")
+        started = await client.execute_command(b"DATA")
+        if started.code != SMTPStatus.start_input:
+            raise aiosmtplib.SMTPDataError(started.code, started.message)
+        protocol = client.protocol
+        if protocol is None or protocol.transport is None:
+            raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+        protocol.write(body + b".\r\n")
+        transport = protocol.transport
+        # Wait until the message is all in the kernel (the transport keeps what the socket did not
+        # take yet). aiosmtplib has no public drain, and the message is almost always taken at once.
+        while transport.get_write_buffer_size():  # type: ignore[attr-defined]  # noqa: ASYNC110
+            await asyncio.sleep(0.001)
+        if handing_over is not None:
+            handing_over.write_now()
+        accepted = await protocol.read_response(timeout=self._config.timeout_s)
+        if accepted.code != SMTPStatus.completed:
+            raise aiosmtplib.SMTPDataError(accepted.code, accepted.message)
 
     async def close(self) -> None:
         while not self._idle.empty():

@@ -55,9 +55,7 @@ class DecisionClient:
                 decision_pb.DecideRequest(
                     person_id=person_id,
                     placement=decision_pb.PLACEMENT_EMAIL,
-                    page=decision_pb.PageContext(
-                        product_id=product_id, cart_product_ids=list(cart), language=language
-                    ),
+                    page=decision_pb.PageContext(product_id=product_id, cart_product_ids=list(cart), language=language),
                     count=count,
                 ),
                 metadata=metadata,

@@ -9,6 +9,8 @@
   same transaction that records its outcome; a sender killed mid-send leaves its entry pending,
   and another sender (or its restart) claims it after `claim_idle_ms`.
 - A `done` marker per delivery makes a redelivered entry whose send had completed a no-op.
+- An erasure deletes a person's working copies; an outcome recorded after that (a send that
+  was in flight) only acknowledges its entry and writes nothing back.
 
 Redis runs with AOF (appendfsync everysec) in the local stack; see README "Messaging".
 """
@@ -16,23 +18,25 @@ Redis runs with AOF (appendfsync everysec) in the local stack; see README "Messa
 from __future__ import annotations
 
 import json
-import os
-import socket
-import uuid
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from services.common.redis import RedisClient
 from services.messaging.domain.delivery import Delivery, DeliveryStatus
+from services.messaging.domain.policy import CAP_COUNTER_TTL_S
 
+log = structlog.get_logger("rapport.messaging.queue")
 KEY_TTL_S = 60 * 86_400  # idempotency keys, working copies and done markers outlive any delay
 STREAM_MAX_LEN = 1_000_000
 SENDERS_GROUP = "senders"
 TRIGGERS_GROUP = "messaging-triggers"
+_AUDIENCE_PAGE = 1000
 # Replies are decoded (decode_responses=True).
 StreamEntries = list[tuple[str, dict[str, str]]]
 
@@ -67,10 +71,84 @@ return #due
 """
 
 
+# The outcome of a send: the entry is acknowledged (and deleted) in every case; the working copy,
+# the done marker and the day's cap count are written only if the copy still exists, so a person
+# erased while their message was in flight stays erased.
+_FINISH = """
+-- KEYS[1] working copy, KEYS[2] done marker, KEYS[3] cap counter, KEYS[4] send stream;
+-- ARGV[1] copy, ARGV[2] ttl, ARGV[3] '1' = sent, ARGV[4] '1' = counts toward the cap,
+-- ARGV[5] cap counter ttl, ARGV[6] group, ARGV[7] entry id
+redis.call('XACK', KEYS[4], ARGV[6], ARGV[7])
+redis.call('XDEL', KEYS[4], ARGV[7])
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+if ARGV[3] == '1' then redis.call('SET', KEYS[2], '1', 'EX', ARGV[2]) end
+if ARGV[4] == '1' then
+  redis.call('INCR', KEYS[3])
+  redis.call('EXPIRE', KEYS[3], ARGV[5])
+end
+return 1
+"""
+
+# A delivery back to the due set (retry, deferral), unless erased meanwhile; the entry is acknowledged.
+_REQUEUE = """
+-- KEYS[1] working copy, KEYS[2] due set, KEYS[3] send stream;
+-- ARGV[1] copy, ARGV[2] ttl, ARGV[3] delivery id, ARGV[4] due ms, ARGV[5] group, ARGV[6] entry id
+redis.call('XACK', KEYS[3], ARGV[5], ARGV[6])
+redis.call('XDEL', KEYS[3], ARGV[6])
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+return 1
+"""
+
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+
+@dataclass(frozen=True)
+class HandOverRecord:
+    """An email handed to the SMTP server whose outcome was not recorded (yet)."""
+
+    at_ms: int
+    product_ids: tuple[str, ...]
+
+
+class HandOverNote:
+    """The record that an email was handed to the SMTP server, written on a connection of its own
+    by a plain socket write in the same step as the email's last line (`write_now`, no await in
+    between): a process killed after that step still has the kernel deliver both the line to the
+    server and the record to Redis; killed before it, neither. The sender that takes a delivery
+    over reads the record (`hand_over_of`) and does not send the email again.
+
+    The record follows the line, so the one remaining window is between those two writes
+    (microseconds): killed there, the email is sent again (a duplicate, never a loss)."""
+
+    def __init__(self, pool: Any, connection: Any, packed: list[bytes]) -> None:
+        self._pool = pool
+        self._connection = connection
+        self._packed = packed
+        self._written = False
+
+    def write_now(self) -> None:
+        writer = self._connection._writer  # redis-py's stream writer: a synchronous write
+        if writer is None:
+            raise RedisConnectionError("the hand-over connection is closed")
+        writer.writelines(self._packed)
+        self._written = True
+
+    async def close(self) -> None:
+        """Reads Redis's reply (if the record was written) and returns the connection."""
+        try:
+            if self._written:
+                await self._connection.read_response()
+        except Exception:
+            log.warning("hand_over_record_unconfirmed", exc_info=True)
+            await self._connection.disconnect()
+        finally:
+            await self._pool.release(self._connection)
 
 
 def delivery_to_json(delivery: Delivery) -> str:
@@ -87,10 +165,6 @@ def delivery_from_json(text: str) -> Delivery:
     return Delivery(**data)
 
 
-def consumer_name() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-
-
 class MessagingQueue:
     def __init__(self, client: RedisClient) -> None:
         self.redis: aioredis.Redis = client.redis
@@ -100,6 +174,7 @@ class MessagingQueue:
         self._done_prefix = f"{prefix}messaging:done:"
         self._cap_prefix = f"{prefix}messaging:cap:"
         self._lease_prefix = f"{prefix}messaging:lease:"
+        self._handed_prefix = f"{prefix}messaging:handed:"
         self.due_key = f"{prefix}messaging:due"
         self.send_stream = f"{prefix}messaging:send"
         self.audience_pending = f"{prefix}messaging:audience:pending"
@@ -108,6 +183,8 @@ class MessagingQueue:
         self._schedule = self.redis.register_script(_SCHEDULE)
         self._dispatch = self.redis.register_script(_DISPATCH)
         self._release = self.redis.register_script(_RELEASE)
+        self._finish = self.redis.register_script(_FINISH)
+        self._requeue = self.redis.register_script(_REQUEUE)
 
     async def ensure_groups(self, events_from: str = "$") -> None:
         for stream, group, start in (
@@ -200,18 +277,47 @@ class MessagingQueue:
         )
         return [entry for entry in reply[1] if entry and entry[1]]
 
-    async def finish(self, entry_id: str, delivery: Delivery, cap_key: str | None) -> None:
-        """Record a delivery's outcome and acknowledge its entry, atomically."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(self._copy_prefix + delivery.delivery_id, delivery_to_json(delivery), ex=KEY_TTL_S)
-            if delivery.status is DeliveryStatus.SENT:
-                pipe.set(self._done_prefix + delivery.delivery_id, "1", ex=KEY_TTL_S)
-            if cap_key is not None:
-                pipe.incr(self._cap_prefix + cap_key)
-                pipe.expire(self._cap_prefix + cap_key, 2 * 86_400)
-            pipe.xack(self.send_stream, SENDERS_GROUP, entry_id)
-            pipe.xdel(self.send_stream, entry_id)
-            await pipe.execute()
+    async def hand_over_note(self, delivery_id: str, at_ms: int, product_ids: Sequence[str]) -> HandOverNote:
+        """A hand-over record ready to be written the moment the email's last line is (see
+        HandOverNote); the caller closes it."""
+        record = json.dumps({"at": at_ms, "products": list(product_ids)}, separators=(",", ":"))
+        pool = self.redis.connection_pool
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        packed = connection.pack_command("SET", self._handed_prefix + delivery_id, record, "EX", KEY_TTL_S)
+        return HandOverNote(pool, connection, packed)
+
+    async def drop_hand_over(self, delivery_id: str) -> None:
+        """The server refused the message or never answered: the delivery may be sent again."""
+        await self.redis.delete(self._handed_prefix + delivery_id)
+
+    async def hand_over_of(self, delivery_id: str) -> HandOverRecord | None:
+        text = await self.redis.get(self._handed_prefix + delivery_id)
+        if not text:
+            return None
+        data = json.loads(text)
+        return HandOverRecord(int(data["at"]), tuple(data.get("products") or ()))
+
+    async def finish(self, entry_id: str, delivery: Delivery, cap_key: str | None) -> bool:
+        """Record a delivery's outcome and acknowledge its entry, atomically. False (only the
+        entry acknowledged) when the delivery was erased while it was being sent."""
+        recorded = await self._finish(
+            keys=[
+                self._copy_prefix + delivery.delivery_id,
+                self._done_prefix + delivery.delivery_id,
+                self._cap_prefix + (cap_key or ""),
+                self.send_stream,
+            ],
+            args=[
+                delivery_to_json(delivery),
+                KEY_TTL_S,
+                "1" if delivery.status is DeliveryStatus.SENT else "0",
+                "1" if cap_key is not None else "0",
+                CAP_COUNTER_TTL_S,
+                SENDERS_GROUP,
+                entry_id,
+            ],
+        )
+        return bool(recorded)
 
     async def ack_send(self, entry_id: str) -> None:
         """Acknowledge (and delete) an entry whose delivery was already handled or is gone."""
@@ -221,13 +327,19 @@ class MessagingQueue:
             await pipe.execute()
 
     async def requeue(self, entry_id: str, delivery: Delivery) -> None:
-        """Put a delivery back in the due set (retry, deferral) and acknowledge its entry, atomically."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(self._copy_prefix + delivery.delivery_id, delivery_to_json(delivery), ex=KEY_TTL_S)
-            pipe.zadd(self.due_key, {delivery.delivery_id: delivery.due_at_ms})
-            pipe.xack(self.send_stream, SENDERS_GROUP, entry_id)
-            pipe.xdel(self.send_stream, entry_id)
-            await pipe.execute()
+        """Put a delivery back in the due set (retry, deferral) and acknowledge its entry,
+        atomically; an erased delivery is only acknowledged."""
+        await self._requeue(
+            keys=[self._copy_prefix + delivery.delivery_id, self.due_key, self.send_stream],
+            args=[
+                delivery_to_json(delivery),
+                KEY_TTL_S,
+                delivery.delivery_id,
+                delivery.due_at_ms,
+                SENDERS_GROUP,
+                entry_id,
+            ],
+        )
 
     async def sent_today(self, cap_key: str) -> int:
         value = await self.redis.get(self._cap_prefix + cap_key)
@@ -309,10 +421,45 @@ class MessagingQueue:
         await self.redis.delete(self.audience_inflight)
 
     # erasure
-    async def forget(self, delivery_ids: Sequence[str]) -> None:
+    async def forget_deliveries(self, delivery_ids: Sequence[str], idempotency_keys: Sequence[str]) -> None:
+        """Erase these deliveries' working copies, done markers, hand-over records and places in
+        the due set, and the idempotency keys of their trigger instances. An entry of the send
+        stream may still name one: it holds only the id, and the sender drops it when it finds no
+        copy."""
         keys = [self._copy_prefix + delivery_id for delivery_id in delivery_ids]
         keys += [self._done_prefix + delivery_id for delivery_id in delivery_ids]
-        if keys:
-            await self.redis.delete(*keys)
-        if delivery_ids:
-            await self.redis.zrem(self.due_key, *delivery_ids)
+        keys += [self._handed_prefix + delivery_id for delivery_id in delivery_ids]
+        keys += [self._key_prefix + key for key in idempotency_keys]
+        async with self.redis.pipeline(transaction=True) as pipe:
+            if keys:
+                pipe.delete(*keys)
+            if delivery_ids:
+                pipe.zrem(self.due_key, *delivery_ids)
+            await pipe.execute()
+
+    async def forget_person(self, person_id: str, cap_keys: Sequence[str]) -> int:
+        """Erase the person's cap counters and their retargeting members waiting to be synced;
+        how many members were taken out of the audience queue."""
+        if cap_keys:
+            await self.redis.delete(*[self._cap_prefix + key for key in cap_keys])
+        removed = 0
+        # Pending first: a member moved to in-flight meanwhile is then found there.
+        for queue in (self.audience_pending, self.audience_inflight):
+            for member in await self._audience_members_of(queue, person_id):
+                removed += int(await self.redis.lrem(queue, 0, member))  # type: ignore[misc]
+        return removed
+
+    async def _audience_members_of(self, queue: str, person_id: str) -> list[str]:
+        members: list[str] = []
+        start = 0
+        while True:
+            page = [str(item) for item in await self.redis.lrange(queue, start, start + _AUDIENCE_PAGE - 1)]  # type: ignore[misc]
+            for item in page:
+                try:
+                    if json.loads(item).get("person_id") == person_id:
+                        members.append(item)
+                except (ValueError, AttributeError):
+                    continue
+            if len(page) < _AUDIENCE_PAGE:
+                return members
+            start += _AUDIENCE_PAGE

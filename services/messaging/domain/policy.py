@@ -145,6 +145,25 @@ def under_daily_cap(channel: Channel, sent_today: int, caps: FrequencyCaps) -> b
     return sent_today < caps.per_day.get(channel, 0)
 
 
+# A day's counter lives this long after its last message: past any local day it counts.
+CAP_COUNTER_TTL_S: Final = 2 * 86_400
+
+
+def daily_cap_key(person_id: str, channel: Channel, day: dt.date) -> str:
+    """What the messages of a person on a channel and local day are counted under."""
+    return f"{person_id}:{channel.name}:{day.isoformat()}"
+
+
+def daily_cap_keys_alive(person_id: str, now_ms: int) -> list[str]:
+    """Every cap counter of the person that can still exist now (to erase them without a scan):
+    a counter outlives its last message by `CAP_COUNTER_TTL_S`, and a local day is at most a day
+    off the UTC one (zones run from UTC-12 to UTC+14)."""
+    today = _instant(now_ms).date()
+    oldest = (_instant(now_ms) - dt.timedelta(seconds=CAP_COUNTER_TTL_S)).date() - dt.timedelta(days=1)
+    days = [oldest + dt.timedelta(days=offset) for offset in range((today - oldest).days + 2)]
+    return [daily_cap_key(person_id, channel, day) for channel in Channel for day in days]
+
+
 # -------------------------------------------------------------------------------- quiet hours
 @dataclass(frozen=True, slots=True)
 class QuietHours:

@@ -23,6 +23,8 @@ from services.messaging.domain.policy import (
     Skip,
     SkipReason,
     consent_allows,
+    daily_cap_key,
+    daily_cap_keys_alive,
     decide_send,
     in_quiet_hours,
     local_day,
@@ -262,3 +264,22 @@ def test_a_custom_policy_changes_consent_caps_and_quiet_hours() -> None:
     )
     assert decide_send(Channel.EMAIL, ConsentState.UNKNOWN, 4, "FR", NIGHT_PARIS, policy) == SendNow()
     assert policy != DEFAULT_SEND_POLICY
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    now_ms=st.integers(min_value=1_600_000_000_000, max_value=2_000_000_000_000),
+    sent_ago_ms=st.integers(min_value=0, max_value=2 * 86_400_000),
+    country=st.sampled_from([*sorted(COUNTRY_TIME_ZONES), "", "ZZ"]),
+    channel=st.sampled_from(list(Channel)),
+)
+def test_erasure_finds_every_cap_counter_that_can_still_exist(
+    now_ms: int, sent_ago_ms: int, country: str, channel: Channel
+) -> None:
+    # A counter written `sent_ago_ms` ago (it lives two days after its last message) is among the
+    # keys an erasure deletes, whatever the person's zone.
+    written = daily_cap_key("p1", channel, local_day(now_ms - sent_ago_ms, country))
+    alive = daily_cap_keys_alive("p1", now_ms)
+    assert written in alive
+    assert len(alive) == len(set(alive)) == 5 * len(Channel)
+    assert all(key.startswith("p1:") for key in alive)
