@@ -23,6 +23,7 @@ BATCH_RESOLVE_LIMIT = 1000
 _IDENTITY_SERVICE = identity_pb.DESCRIPTOR.services_by_name["IdentityService"].full_name
 _BATCH_RESOLVE = f"{_IDENTITY_SERVICE}/BatchResolve"
 _GET_PERSON = f"{_IDENTITY_SERVICE}/GetPerson"
+_LOOKUP = f"{_IDENTITY_SERVICE}/Lookup"
 _FORGET = f"{_IDENTITY_SERVICE}/Forget"
 
 
@@ -88,6 +89,23 @@ class IdentityClient:
             for identifier, resolution in zip(chunk, reply.resolutions, strict=True):
                 found[identifier.key] = Resolved(resolution.person_id, resolution.created)
         return found
+
+    async def lookup(self, identifier: IdentifierKey) -> str:
+        """The person behind an identifier, creating nothing: NotFound when identity has never
+        seen it (or erased it). For reads, where Resolve would make a person at first sight."""
+        try:
+            with tracing.outgoing(_LOOKUP, self._metadata) as metadata:
+                reply = await self._stub.Lookup(
+                    identity_pb.LookupRequest(identifier=_to_proto(identifier)),
+                    metadata=metadata,
+                    timeout=deadlines.remaining_s(0.01),
+                )
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                raise NotFound("no person has this identifier", "IDENTIFIER_NOT_FOUND") from error
+            raise self._error(error, "identifier") from error
+        person_id: str = reply.person_id
+        return person_id
 
     async def _person(self, person_id: str) -> identity_pb.Person | None:
         """Identity's view of a person (the survivor, for a merged-away id); None if unknown."""

@@ -269,10 +269,14 @@ class Profiles:
             self._known_prices.clear()
 
     # ------------------------------------------------------------------ reading
-    async def person_of(self, identifier: IdentifierKey | None, person_id: str | None) -> str:
-        """The live person behind a selector (following profile-side merges of a person id)."""
+    async def person_of(self, identifier: IdentifierKey | None, person_id: str | None, create: bool = False) -> str:
+        """The live person behind a selector (following profile-side merges of a person id). An
+        identifier identity has never seen is NotFound, unless `create` (CRM attributes for a
+        customer not seen yet make the person, as a first event would)."""
         if identifier is not None:
-            return (await self._identity.resolve([identifier]))[identifier.key].person_id
+            if create:
+                return (await self._identity.resolve([identifier]))[identifier.key].person_id
+            return await self._identity.lookup(identifier)
         assert person_id is not None
         for _ in range(16):
             survivor = await self._store.survivor_of(person_id)

@@ -76,13 +76,13 @@ class ProfileServicer(pb_grpc.ProfileServiceServicer):
     def _check(self, event: event_pb2.Event, path: str, now_ms: int) -> CheckedEvent:
         return check_event(event, path, now_ms, self._max_future_ms, self._max_age_ms)
 
-    async def _person(self, selector: pb.PersonSelector, field: str = "person") -> str:
+    async def _person(self, selector: pb.PersonSelector, field: str = "person", create: bool = False) -> str:
         which = selector.WhichOneof("selector")
         if which == "identifier":
             identifier = parse_identifier(
                 int(selector.identifier.type), selector.identifier.value, f"{field}.identifier"
             )
-            return await self._profiles.person_of(identifier, None)
+            return await self._profiles.person_of(identifier, None, create)
         if which == "person_id":
             return await self._profiles.person_of(None, parse_person_id(selector.person_id, f"{field}.person_id"))
         raise InvalidArgument([FieldViolation(field, "must give an identifier or a person_id")])
@@ -169,7 +169,7 @@ class ProfileServicer(pb_grpc.ProfileServiceServicer):
         self, request: pb.SetAttributesRequest, context: grpc.aio.ServicerContext
     ) -> pb.SetAttributesResponse:
         attributes = validate_attributes(request.attributes, "attributes")
-        person_id = await self._person(request.person)
+        person_id = await self._person(request.person, create=True)
         await self._profiles.set_attributes(person_id, attributes)
         return pb.SetAttributesResponse(person_id=person_id)
 
@@ -192,7 +192,7 @@ class ProfileServicer(pb_grpc.ProfileServiceServicer):
                 statuses.append(_error_status(error))
         for index, identifier, attributes in parsed:
             try:
-                person_id = await self._profiles.person_of(identifier, None)
+                person_id = await self._profiles.person_of(identifier, None, create=True)
                 await self._profiles.set_attributes(person_id, attributes)
                 imported += 1
             except RapportError as error:

@@ -308,17 +308,28 @@ def visitor(stack: dict[str, Any]) -> Visitor:
             profile_pb.DescribeRequest(person=profile_pb.PersonSelector(person_id=person_id)), metadata=key
         )
 
+        seen: list[str] = []
+
         def welcome_sent() -> bool:
             listed = messaging.ListDeliveries(
                 messaging_pb.ListDeliveriesRequest(person=messaging_pb.PersonSelector(person_id=person_id)),
                 metadata=key,
             )
+            seen[:] = [
+                f"{messaging_pb.TriggerKind.Name(d.kind)} {messaging_pb.DeliveryStatus.Name(d.status)} "
+                f"reason={d.reason!r} attempts={d.attempts} error={d.last_error!r}"
+                for d in listed.deliveries
+            ]
             return any(
                 d.kind == messaging_pb.TRIGGER_KIND_WELCOME and d.status == messaging_pb.DELIVERY_STATUS_SENT
                 for d in listed.deliveries
             )
 
-        wait_until(welcome_sent, 30, "the welcome email")
+        # A cold clean-clone run can retry the first sends (full-jitter backoff) for a while.
+        try:
+            wait_until(welcome_sent, 60, "the welcome email")
+        except AssertionError as timed_out:
+            raise AssertionError(f"{timed_out}; the person's deliveries: {seen}") from None
     assert described.sentences
     return Visitor(
         cookie.value,

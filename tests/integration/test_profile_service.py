@@ -450,3 +450,23 @@ async def test_a_restarted_empty_redis_gives_back_the_same_live_state(
                 restarted.terminate()
                 restarted.wait(10)
                 shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def test_reading_an_unknown_identifier_is_not_found_and_creates_nobody(
+    profile: ProfileHarness, unique: Callable[[str], str]
+) -> None:
+    stranger = unique("stranger")
+    for method, request in (
+        ("GetProfile", pb.GetProfileRequest(person=by_cookie(stranger))),
+        ("Describe", pb.DescribeRequest(person=by_cookie(stranger))),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as unknown:
+            await profile.call(method, request)
+        assert unknown.value.code() == grpc.StatusCode.NOT_FOUND, method
+    with pytest.raises(grpc.aio.AioRpcError) as still_unknown:
+        await profile.identity.call("Lookup", identity_pb.LookupRequest(identifier=cookie(stranger)))
+    assert still_unknown.value.code() == grpc.StatusCode.NOT_FOUND
+    # Once the visitor has been seen, the same read finds them.
+    await track(profile, event(event_pb2.EVENT_TYPE_PAGE_VIEW, cookie(stranger), now_ms()))
+    got = await profile.call("GetProfile", pb.GetProfileRequest(person=by_cookie(stranger)))
+    assert got.profile.event_count == 1
