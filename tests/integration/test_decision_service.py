@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 import uuid
 from typing import Any
@@ -434,6 +435,46 @@ async def test_without_redis_decide_answers_degraded_from_memory(
             for reason in reply.degraded_reasons:
                 assert metrics[f'rapport_decision_degraded_reasons_total{{reason="{reason}"}}'] >= 1
             assert any(s.startswith("rapport_redis_command_errors_total{") for s in metrics)
+
+
+async def test_a_frozen_redis_costs_the_answer_its_freshness_not_its_deadline(
+    run_id: str, identity: Any, profile: ProfileHarness
+) -> None:
+    """Redis stopped (SIGSTOP: connections open, no replies) while a Decide reads the profile:
+    the profile stage's budget runs out and the answer comes from memory, degraded, inside the
+    caller's deadline."""
+    with private_redis() as (url, process, _port):
+        settings = decision_settings(
+            run_id, identity.address, f"127.0.0.1:{profile.running.port}", redis_url=url, redis_prefix="frozen:"
+        )
+        async with running_decision(settings) as harness:
+            await harness.call(
+                "ImportCatalog",
+                pb.ImportCatalogRequest(products=[catalog_product(f"f-{i}", SCARVES, 20.0 + i) for i in range(3)]),
+            )
+            person = uuid.uuid4().hex
+            await harness.call("Decide", pb.DecideRequest(person_id=person, placement=pb.PLACEMENT_HOME, count=2))
+            process.send_signal(signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                reply = await harness.call(
+                    "Decide",
+                    pb.DecideRequest(person_id=uuid.uuid4().hex, placement=pb.PLACEMENT_HOME, count=2),
+                    timeout=0.25,
+                )
+                elapsed = time.monotonic() - started
+            finally:
+                process.send_signal(signal.SIGCONT)
+            assert reply.degraded and "profile_timeout" in reply.degraded_reasons, reply.degraded_reasons
+            assert len(reply.items) == 2  # the catalog's newest, from memory
+            assert elapsed < 0.25
+            # Redis back: the next answers are whole again.
+            await wait_until(lambda: _not_degraded(harness, person), within_s=10.0)
+
+
+async def _not_degraded(harness: DecisionHarness, person: str) -> bool:
+    reply = await harness.call("Decide", pb.DecideRequest(person_id=person, placement=pb.PLACEMENT_HOME, count=2))
+    return not reply.degraded
 
 
 async def test_latest_decisions_are_kept_per_person_with_their_reasons(
