@@ -4,9 +4,9 @@ the request's trace context."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -15,6 +15,7 @@ from rapport.common.v1 import identifier_pb2
 from rapport.identity.v1 import identity_service_pb2 as identity_pb
 from rapport.identity.v1 import identity_service_pb2_grpc as identity_grpc
 from services.common import deadlines, tracing
+from services.common.channels import PeerClient
 from services.common.errors import InvalidArgument, NotFound, RapportError, Unavailable
 from services.common.identifiers import IdentifierKey
 
@@ -46,22 +47,16 @@ def _to_proto(identifier: IdentifierKey) -> identifier_pb2.Identifier:
     return identifier_pb2.Identifier(type=int(identifier.type), value=identifier.value)  # type: ignore[arg-type]
 
 
-class IdentityClient:
+class IdentityClient(PeerClient):
     name = "identity"
 
-    def __init__(self, address: str, api_key: str, tls_ca_file: str = "") -> None:
-        options = [("grpc.max_receive_message_length", 16 * 1024 * 1024)]
-        if tls_ca_file:
-            credentials = grpc.ssl_channel_credentials(Path(tls_ca_file).read_bytes())
-            self._channel = grpc.aio.secure_channel(address, credentials, options=options)
-        else:
-            self._channel = grpc.aio.insecure_channel(address, options=options)
-        self._stub = identity_grpc.IdentityServiceStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
-        self._metadata = (("authorization", f"Bearer {api_key}"),)
+    stub_class = identity_grpc.IdentityServiceStub
+    channel_options = (("grpc.max_receive_message_length", 16 * 1024 * 1024),)
+    _stub: identity_grpc.IdentityServiceStub
 
-    async def close(self) -> None:
-        await self._channel.close()
+    @functools.cached_property
+    def _health(self) -> health_pb2_grpc.HealthStub:
+        return health_pb2_grpc.HealthStub(self._channel)
 
     def _error(self, error: grpc.aio.AioRpcError, what: str) -> RapportError:
         code = error.code()

@@ -166,6 +166,8 @@ class RunningServer:
 
 
 def _server_credentials(settings: CommonSettings) -> grpc.ServerCredentials | None:
+    """TLS when a certificate is configured; with a client CA too, only clients holding a
+    certificate it signed get in (mTLS)."""
     if not settings.tls_cert_file:
         return None
     cert = Path(settings.tls_cert_file).read_bytes()

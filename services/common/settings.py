@@ -81,6 +81,20 @@ class TracingSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class PeerCertificateSettings:
+    """The client certificate a process presents to the Rapport services it calls over TLS, for
+    those that require one (mTLS): part of the settings of every process that calls another."""
+
+    peer_tls_cert_file: str = setting(
+        "RAPPORT_PEER_TLS_CERT_FILE",
+        "",
+        "PEM client certificate this process presents to the services it calls over TLS (for their mTLS); "
+        "empty = none.",
+    )
+    peer_tls_key_file: str = setting("RAPPORT_PEER_TLS_KEY_FILE", "", "PEM private key of RAPPORT_PEER_TLS_CERT_FILE.")
+
+
+@dataclasses.dataclass(frozen=True)
 class CommonSettings(TracingSettings):
     """Settings every service shares; services subclass and add their own."""
 
@@ -142,6 +156,14 @@ class CommonSettings(TracingSettings):
     apply_schema: bool = setting(
         "RAPPORT_APPLY_SCHEMA", True, "Create the keyspace and tables (idempotent) at start-up."
     )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.tls_cert_file and not self.tls_key_file:
+            raise SettingsError("RAPPORT_TLS_CERT_FILE is set: its private key goes in RAPPORT_TLS_KEY_FILE")
+        # A client CA without a certificate would serve plaintext to everyone, the opposite of its intent.
+        if not self.tls_cert_file and (self.tls_key_file or self.tls_client_ca_file):
+            raise SettingsError("RAPPORT_TLS_KEY_FILE and RAPPORT_TLS_CLIENT_CA_FILE need RAPPORT_TLS_CERT_FILE")
 
 
 def _convert(raw: str, annotation: Any, env: str) -> Any:

@@ -1,7 +1,7 @@
-"""The four services as the console reads them, over gRPC with the console's own keys. Every call
-has a budget and carries the page's trace context (services/common/tracing.py); a failure becomes
-a PeerError naming the service, so a page can show the rest. Nothing here creates or changes
-anything in the services."""
+"""The four services as the console reads them, over gRPC with the console's own keys (TLS to a
+service whose CA is configured). Every call has a budget and carries the page's trace context
+(services/common/tracing.py); a failure becomes a PeerError naming the service, so a page can show
+the rest. Nothing here creates or changes anything in the services."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from rapport.messaging.v1 import messaging_service_pb2_grpc as messaging_grpc
 from rapport.profile.v1 import profile_service_pb2 as profile_pb
 from rapport.profile.v1 import profile_service_pb2_grpc as profile_grpc
 from services.common import tracing
+from services.common.channels import ClientCertificate, peer_channel
 from services.common.identifiers import IdentifierKey
 from services.console.settings import ConsoleSettings
 
@@ -43,9 +44,11 @@ class _Peer:
     """One service: its channel and stub, the console's key for it, and its full name, as traces
     name its RPCs (rapport.identity.v1.IdentityService/GetPerson)."""
 
-    def __init__(self, name: str, address: str, api_key: str, stub_type: Any, file_descriptor: Any) -> None:
+    def __init__(
+        self, name: str, channel: grpc.aio.Channel, api_key: str, stub_type: Any, file_descriptor: Any
+    ) -> None:
         self.name = name
-        self.channel = grpc.aio.insecure_channel(address)
+        self.channel = channel
         self.stub = stub_type(self.channel)
         self.metadata = (("authorization", f"Bearer {api_key}"),)
         (self.service,) = (service.full_name for service in file_descriptor.services_by_name.values())
@@ -54,30 +57,31 @@ class _Peer:
 class RapportPeers:
     def __init__(self, settings: ConsoleSettings) -> None:
         self._timeout_s = settings.rpc_timeout_s
+        certificate = ClientCertificate(settings.peer_tls_cert_file, settings.peer_tls_key_file)
         self._identity = _Peer(
             "identity",
-            settings.identity_address,
+            peer_channel(settings.identity_address, settings.identity_tls_ca_file, certificate),
             settings.identity_api_key,
             identity_grpc.IdentityServiceStub,
             identity_pb.DESCRIPTOR,
         )
         self._profile = _Peer(
             "profile",
-            settings.profile_address,
+            peer_channel(settings.profile_address, settings.profile_tls_ca_file, certificate),
             settings.profile_api_key,
             profile_grpc.ProfileServiceStub,
             profile_pb.DESCRIPTOR,
         )
         self._decision = _Peer(
             "decision",
-            settings.decision_address,
+            peer_channel(settings.decision_address, settings.decision_tls_ca_file, certificate),
             settings.decision_api_key,
             decision_grpc.DecisionServiceStub,
             decision_pb.DESCRIPTOR,
         )
         self._messaging = _Peer(
             "messaging",
-            settings.messaging_address,
+            peer_channel(settings.messaging_address, settings.messaging_tls_ca_file, certificate),
             settings.messaging_api_key,
             messaging_grpc.MessagingServiceStub,
             messaging_pb.DESCRIPTOR,

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.common.settings import TracingSettings, setting
+from services.common.settings import PeerCertificateSettings, TracingSettings, setting
 
 
 @dataclass(frozen=True)
-class ConsoleSettings(TracingSettings):
+class ConsoleSettings(TracingSettings, PeerCertificateSettings):
     service_name: str = setting("RAPPORT_SERVICE_NAME", "console", "Name used in logs and traces.")
     host: str = setting("RAPPORT_HOST", "127.0.0.1", "Interface the console's HTTP server binds.")
     port: int = setting("RAPPORT_CONSOLE_PORT", 8060, "HTTP port of the console; 0 picks a free one (tests).")
@@ -42,15 +42,27 @@ class ConsoleSettings(TracingSettings):
     identity_api_key: str = setting(
         "RAPPORT_IDENTITY_API_KEY", "", "Key the console presents to identity (scope identity.resolve)."
     )
+    identity_tls_ca_file: str = setting(
+        "RAPPORT_IDENTITY_TLS_CA_FILE", "", "PEM CA of identity's certificate; empty = plaintext to identity."
+    )
     profile_address: str = setting("RAPPORT_PROFILE_ADDRESS", "127.0.0.1:50052", "host:port of profile.")
     profile_api_key: str = setting(
         "RAPPORT_PROFILE_API_KEY", "", "Key the console presents to profile (scope profile.read)."
+    )
+    profile_tls_ca_file: str = setting(
+        "RAPPORT_PROFILE_TLS_CA_FILE", "", "PEM CA of profile's certificate; empty = plaintext to profile."
     )
     decision_address: str = setting("RAPPORT_DECISION_ADDRESS", "127.0.0.1:50053", "host:port of decision.")
     decision_api_key: str = setting(
         "RAPPORT_DECISION_API_KEY", "", "Key the console presents to decision (scope decision.admin)."
     )
+    decision_tls_ca_file: str = setting(
+        "RAPPORT_DECISION_TLS_CA_FILE", "", "PEM CA of decision's certificate; empty = plaintext to decision."
+    )
     messaging_address: str = setting("RAPPORT_MESSAGING_ADDRESS", "127.0.0.1:50054", "host:port of messaging.")
     messaging_api_key: str = setting(
         "RAPPORT_MESSAGING_API_KEY", "", "Key the console presents to messaging (scope messaging.read)."
+    )
+    messaging_tls_ca_file: str = setting(
+        "RAPPORT_MESSAGING_TLS_CA_FILE", "", "PEM CA of messaging's certificate; empty = plaintext to messaging."
     )

@@ -13,6 +13,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from rapport.decision.v1 import decision_service_pb2_grpc as pb_grpc
+from services.common.channels import ClientCertificate
 from services.common.identity_client import IdentityClient
 from services.common.person_changes import PersonChangeFollower, PersonChangeStream
 from services.common.redis import RedisClient, consumer_name
@@ -51,8 +52,13 @@ async def keep_writing_decisions(store: DecisionStore) -> None:
 async def build_decision(settings: DecisionSettings) -> ServiceRegistration:
     redis = RedisClient(settings.redis_url, settings.redis_prefix)
     store = DecisionStore(redis)
-    identity = IdentityClient(settings.identity_address, settings.identity_api_key, settings.identity_tls_ca_file)
-    reader = ProfileReader(redis, settings.profile_address, settings.profile_api_key)
+    certificate = ClientCertificate(settings.peer_tls_cert_file, settings.peer_tls_key_file)
+    identity = IdentityClient(
+        settings.identity_address, settings.identity_api_key, settings.identity_tls_ca_file, certificate
+    )
+    reader = ProfileReader(
+        redis, settings.profile_address, settings.profile_api_key, settings.profile_tls_ca_file, certificate
+    )
     catalog = Catalog()
     trending = Trending(catalog, half_life_ms=int(settings.trending_half_life_hours * 3_600_000))
     models = Models(

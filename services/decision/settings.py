@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.common.settings import CommonSettings, setting
+from services.common.settings import CommonSettings, PeerCertificateSettings, setting
 
 
 @dataclass(frozen=True)
-class DecisionSettings(CommonSettings):
+class DecisionSettings(CommonSettings, PeerCertificateSettings):
     service_name: str = setting("RAPPORT_SERVICE_NAME", "decision", "Name used in logs and metrics.")
     port: int = setting("RAPPORT_PORT", 50053, "gRPC port; 0 picks a free one (tests).")
     default_deadline_ms: float = setting(
@@ -28,6 +28,9 @@ class DecisionSettings(CommonSettings):
     )
     profile_api_key: str = setting(
         "RAPPORT_PROFILE_API_KEY", "", "Key decision presents to profile (scope profile.read)."
+    )
+    profile_tls_ca_file: str = setting(
+        "RAPPORT_PROFILE_TLS_CA_FILE", "", "PEM CA of profile's certificate; empty = plaintext to profile."
     )
     language: str = setting("RAPPORT_DECISION_LANGUAGE", "en", "Default language of messages: en or fr.")
     decision_secret: str = setting(

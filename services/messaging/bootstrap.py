@@ -8,6 +8,7 @@ import secrets
 import structlog
 
 from rapport.messaging.v1 import messaging_service_pb2_grpc as pb_grpc
+from services.common.channels import ClientCertificate
 from services.common.identity_client import IdentityClient
 from services.common.person_changes import PersonChangeFollower, PersonChangeStream
 from services.common.redis import consumer_name
@@ -51,11 +52,20 @@ async def build_messaging(settings: MessagingSettings) -> ServiceRegistration:
     rules = RuleCatalog(store)
     await rules.refresh(force=True)
     messaging = Messaging(store, queue, rules, tokens)
-    identity = IdentityClient(settings.identity_address, settings.identity_api_key)
-    profiles = ProfileReader(redis, settings.profile_address, settings.profile_api_key)
+    certificate = ClientCertificate(settings.peer_tls_cert_file, settings.peer_tls_key_file)
+    identity = IdentityClient(
+        settings.identity_address, settings.identity_api_key, settings.identity_tls_ca_file, certificate
+    )
+    profiles = ProfileReader(
+        redis, settings.profile_address, settings.profile_api_key, settings.profile_tls_ca_file, certificate
+    )
     people = PersonReader(profiles)
-    decision = DecisionClient(settings.decision_address, settings.decision_api_key)
-    tracker = ProfileTracker(settings.profile_address, settings.profile_api_key)
+    decision = DecisionClient(
+        settings.decision_address, settings.decision_api_key, settings.decision_tls_ca_file, certificate
+    )
+    tracker = ProfileTracker(
+        settings.profile_address, settings.profile_api_key, settings.profile_tls_ca_file, certificate
+    )
     smtp = SmtpSender(
         SmtpConfig(
             settings.smtp_host,

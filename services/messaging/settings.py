@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.common.settings import CommonSettings, setting
+from services.common.settings import CommonSettings, PeerCertificateSettings, setting
 
 
 @dataclass(frozen=True)
-class MessagingSettings(CommonSettings):
+class MessagingSettings(CommonSettings, PeerCertificateSettings):
     service_name: str = setting("RAPPORT_SERVICE_NAME", "messaging", "Name used in logs and metrics.")
     port: int = setting("RAPPORT_PORT", 50054, "gRPC port; 0 picks a free one (tests).")
     cassandra_keyspace: str = setting("RAPPORT_CASSANDRA_KEYSPACE", "rapport_messaging", "Keyspace of messaging.")
@@ -18,17 +18,26 @@ class MessagingSettings(CommonSettings):
     identity_api_key: str = setting(
         "RAPPORT_IDENTITY_API_KEY", "", "Key messaging presents to identity (scopes identity.resolve, identity.link)."
     )
+    identity_tls_ca_file: str = setting(
+        "RAPPORT_IDENTITY_TLS_CA_FILE", "", "PEM CA of identity's certificate; empty = plaintext to identity."
+    )
     profile_address: str = setting(
         "RAPPORT_PROFILE_ADDRESS", "127.0.0.1:50052", "host:port of the profile service (opens and clicks go there)."
     )
     profile_api_key: str = setting(
         "RAPPORT_PROFILE_API_KEY", "", "Key messaging presents to profile (scopes profile.track, profile.read)."
     )
+    profile_tls_ca_file: str = setting(
+        "RAPPORT_PROFILE_TLS_CA_FILE", "", "PEM CA of profile's certificate; empty = plaintext to profile."
+    )
     decision_address: str = setting(
         "RAPPORT_DECISION_ADDRESS", "127.0.0.1:50053", "host:port of the decision service (products of a message)."
     )
     decision_api_key: str = setting(
         "RAPPORT_DECISION_API_KEY", "", "Key messaging presents to decision (scope decision.decide)."
+    )
+    decision_tls_ca_file: str = setting(
+        "RAPPORT_DECISION_TLS_CA_FILE", "", "PEM CA of decision's certificate; empty = plaintext to decision."
     )
     secret: str = setting(
         "RAPPORT_MESSAGING_SECRET",

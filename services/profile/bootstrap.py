@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from rapport.profile.v1 import profile_service_pb2_grpc as pb_grpc
+from services.common.channels import ClientCertificate
 from services.common.identity_client import IdentityClient
 from services.common.person_changes import PersonChangeStream
 from services.common.server import ServiceRegistration, cancel_tasks, open_stores
@@ -18,7 +19,12 @@ from services.profile.settings import ProfileSettings
 
 async def build_profile(settings: ProfileSettings) -> ServiceRegistration:
     cassandra, redis = await open_stores(settings, SCHEMA_FILE)
-    identity = IdentityClient(settings.identity_address, settings.identity_api_key, settings.identity_tls_ca_file)
+    identity = IdentityClient(
+        settings.identity_address,
+        settings.identity_api_key,
+        settings.identity_tls_ca_file,
+        ClientCertificate(settings.peer_tls_cert_file, settings.peer_tls_key_file),
+    )
     rules = ProfileRules(
         fold=FoldRules(
             session_timeout_ms=int(settings.session_timeout_min * MINUTE_MS),

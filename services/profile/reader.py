@@ -5,13 +5,11 @@ Redis has no state for the person, which makes profile rebuild it from Cassandra
 from __future__ import annotations
 
 import time
-from pathlib import Path
-
-import grpc
 
 from rapport.profile.v1 import profile_service_pb2 as profile_pb
 from rapport.profile.v1 import profile_service_pb2_grpc as profile_grpc
 from services.common import tracing
+from services.common.channels import NO_CLIENT_CERTIFICATE, ClientCertificate, PeerClient
 from services.common.redis import RedisClient
 from services.profile.adapters.redis_state import RedisProfileState
 from services.profile.domain.state import ProfileState
@@ -23,22 +21,23 @@ EMPTY_MEMORY_MAX = 100_000
 _GET_PROFILE = f"{profile_pb.DESCRIPTOR.services_by_name['ProfileService'].full_name}/GetProfile"
 
 
-class ProfileReader:
-    def __init__(self, redis: RedisClient, profile_address: str, api_key: str, tls_ca_file: str = "") -> None:
+class ProfileReader(PeerClient):
+    stub_class = profile_grpc.ProfileServiceStub
+    _stub: profile_grpc.ProfileServiceStub
+
+    def __init__(
+        self,
+        redis: RedisClient,
+        profile_address: str,
+        api_key: str,
+        tls_ca_file: str = "",
+        certificate: ClientCertificate = NO_CLIENT_CERTIFICATE,
+    ) -> None:
         # The TTL only matters to writers; readers never write a state.
         self._live = RedisProfileState(redis, state_ttl_s=0)
         self._prices = RecentPriceDistributions(self._live)
-        if tls_ca_file:
-            credentials = grpc.ssl_channel_credentials(Path(tls_ca_file).read_bytes())
-            self._channel = grpc.aio.secure_channel(profile_address, credentials)
-        else:
-            self._channel = grpc.aio.insecure_channel(profile_address)
-        self._profiles = profile_grpc.ProfileServiceStub(self._channel)
-        self._metadata = (("authorization", f"Bearer {api_key}"),)
+        super().__init__(profile_address, api_key, tls_ca_file, certificate)
         self._empty_until: dict[str, float] = {}
-
-    async def close(self) -> None:
-        await self._channel.close()
 
     async def read(self, person_id: str) -> LiveProfile | None:
         """The live profile, or None when Redis holds no state for the person."""
@@ -55,7 +54,7 @@ class ProfileReader:
     async def rebuild(self, person_id: str, timeout_s: float) -> None:
         """Has profile rebuild the person's live state (from Cassandra) into Redis."""
         with tracing.outgoing(_GET_PROFILE, self._metadata) as metadata:
-            await self._profiles.GetProfile(
+            await self._stub.GetProfile(
                 profile_pb.GetProfileRequest(
                     person=profile_pb.PersonSelector(person_id=person_id), timeline_page_size=0
                 ),

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.common.settings import CommonSettings, setting
+from services.common.settings import CommonSettings, PeerCertificateSettings, setting
 
 
 @dataclass(frozen=True)
-class ProfileSettings(CommonSettings):
+class ProfileSettings(CommonSettings, PeerCertificateSettings):
     service_name: str = setting("RAPPORT_SERVICE_NAME", "profile", "Name used in logs and metrics.")
     port: int = setting("RAPPORT_PORT", 50052, "gRPC port; 0 picks a free one (tests).")
     cassandra_keyspace: str = setting("RAPPORT_CASSANDRA_KEYSPACE", "rapport_profile", "Keyspace of profile.")

@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,14 +44,17 @@ def tool(name: str) -> str:
     return found
 
 
-def health_probe(address: str, service: str = "") -> subprocess.CompletedProcess[str]:
-    command = [tool("grpc-health-probe"), "-addr", address, "-connect-timeout", "2s", "-rpc-timeout", "2s"]
+def health_probe(address: str, service: str = "", tls: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+    """grpc-health-probe; `tls` adds its TLS flags (-tls -tls-ca-cert …) for a TLS server."""
+    command = [tool("grpc-health-probe"), "-addr", address, "-connect-timeout", "2s", "-rpc-timeout", "2s", *tls]
     if service:
         command += ["-service", service]
     return subprocess.run(command, capture_output=True, text=True, timeout=10)
 
 
-def start_service(name: str, tmp_path: Path, env: dict[str, str]) -> ServiceProcess:
+def start_service(name: str, tmp_path: Path, env: dict[str, str], probe_tls: Sequence[str] = ()) -> ServiceProcess:
+    """Starts `python -m services.<name>` and waits until grpc-health-probe (with the `probe_tls`
+    flags for a TLS server) says SERVING."""
     port = free_port()
     log_path = tmp_path / f"{name}-{port}.log"
     full_env = {
@@ -77,7 +81,7 @@ def start_service(name: str, tmp_path: Path, env: dict[str, str]) -> ServiceProc
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise AssertionError(f"{name} exited with {process.returncode}:\n{service.log()}")
-        if health_probe(service.address).returncode == 0:
+        if health_probe(service.address, tls=probe_tls).returncode == 0:
             return service
         time.sleep(0.3)
     service.terminate()

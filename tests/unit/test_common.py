@@ -8,6 +8,7 @@ from google.rpc import error_details_pb2
 
 from services.common import deadlines
 from services.common.auth import ApiKeyRegistry, require_scope
+from services.common.channels import ClientCertificate, peer_channel
 from services.common.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -37,6 +38,35 @@ def test_every_setting_is_documented() -> None:
     rows = describe_settings(IdentitySettings)
     assert len({env for env, _, _ in rows}) == len(rows)
     assert all(doc for _, _, doc in rows)
+
+
+@pytest.mark.parametrize(
+    ("environ", "named"),
+    [
+        ({"RAPPORT_TLS_CERT_FILE": "server.pem"}, "RAPPORT_TLS_KEY_FILE"),
+        # A client CA without a server certificate would mean plaintext for everyone, not mTLS.
+        ({"RAPPORT_TLS_CLIENT_CA_FILE": "clients-ca.pem"}, "RAPPORT_TLS_CERT_FILE"),
+        ({"RAPPORT_TLS_KEY_FILE": "server.key"}, "RAPPORT_TLS_CERT_FILE"),
+    ],
+)
+def test_incomplete_tls_settings_stop_the_start(environ: dict[str, str], named: str) -> None:
+    with pytest.raises(SettingsError, match=named):
+        load_settings(IdentitySettings, environ)
+
+
+def test_a_client_certificate_needs_its_key() -> None:
+    with pytest.raises(SettingsError, match="RAPPORT_PEER_TLS_KEY_FILE"):
+        ClientCertificate("client.pem", "")
+    with pytest.raises(SettingsError, match="RAPPORT_PEER_TLS_CERT_FILE"):
+        ClientCertificate("", "client.key")
+
+
+async def test_a_peer_without_a_ca_is_reached_in_plaintext_whatever_the_certificate() -> None:
+    # A certificate is only presented over TLS: its files are not even read for a plaintext peer.
+    channel = peer_channel("127.0.0.1:1", "", ClientCertificate("missing.pem", "missing.key"))
+    await channel.close()
+    with pytest.raises(FileNotFoundError):
+        peer_channel("127.0.0.1:1", "missing-ca.pem")
 
 
 def test_api_keys_carry_scopes() -> None:

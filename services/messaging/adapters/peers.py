@@ -1,6 +1,6 @@
 """Messaging's calls to its peers: Decide (the products of a message, placement EMAIL) and
 Track (opens and clicks go back to the profile, closing the loop). Both carry the trace context of
-the work that makes them (a send, a tracked click)."""
+the work that makes them (a send, a tracked click), over TLS when the peer's CA is configured."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from rapport.common.v1 import event_pb2, identifier_pb2
@@ -17,6 +16,7 @@ from rapport.decision.v1 import decision_service_pb2_grpc as decision_grpc
 from rapport.profile.v1 import profile_service_pb2 as profile_pb
 from rapport.profile.v1 import profile_service_pb2_grpc as profile_grpc
 from services.common import clock, tracing
+from services.common.channels import PeerClient
 
 _DECIDE = f"{decision_pb.DESCRIPTOR.services_by_name['DecisionService'].full_name}/Decide"
 _TRACK = f"{profile_pb.DESCRIPTOR.services_by_name['ProfileService'].full_name}/Track"
@@ -41,11 +41,9 @@ class Picks:
     body: str
 
 
-class DecisionClient:
-    def __init__(self, address: str, api_key: str) -> None:
-        self._channel = grpc.aio.insecure_channel(address)
-        self._stub = decision_grpc.DecisionServiceStub(self._channel)
-        self._metadata = (("authorization", f"Bearer {api_key}"),)
+class DecisionClient(PeerClient):
+    stub_class = decision_grpc.DecisionServiceStub
+    _stub: decision_grpc.DecisionServiceStub
 
     async def picks(
         self, person_id: str, count: int, language: str, product_id: str = "", cart: Sequence[str] = ()
@@ -71,17 +69,12 @@ class DecisionClient:
             reply.message.body,
         )
 
-    async def close(self) -> None:
-        await self._channel.close()
 
-
-class ProfileTracker:
+class ProfileTracker(PeerClient):
     """Sends EMAIL_OPEN / EMAIL_CLICK / PUSH_OPEN events for a person to the profile service."""
 
-    def __init__(self, address: str, api_key: str) -> None:
-        self._channel = grpc.aio.insecure_channel(address)
-        self._stub = profile_grpc.ProfileServiceStub(self._channel)
-        self._metadata = (("authorization", f"Bearer {api_key}"),)
+    stub_class = profile_grpc.ProfileServiceStub
+    _stub: profile_grpc.ProfileServiceStub
 
     async def track(
         self, identifier: identifier_pb2.Identifier, kind: int, message_id: str, page_url: str = ""
@@ -98,6 +91,3 @@ class ProfileTracker:
         )
         with tracing.outgoing(_TRACK, self._metadata) as metadata:
             await self._stub.Track(profile_pb.TrackRequest(event=event), metadata=metadata, timeout=5.0)
-
-    async def close(self) -> None:
-        await self._channel.close()
