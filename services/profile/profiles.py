@@ -60,6 +60,8 @@ class TrackOutcome:
 class _PersonBatch:
     events: list[TrackedEvent]
     duplicates: set[str]
+    # A merge: the event ids copied from the merged-away persons (already published under them).
+    inherited: frozenset[str] = frozenset()
 
 
 def stream_entry(person_id: str, event: TrackedEvent) -> str:
@@ -202,7 +204,16 @@ class Profiles:
         if stored.data is None or force_rebuild:
             state, logged = await self._rebuild(person_id)
             if force_rebuild:
-                published = []  # a merge: the events were published under the persons that did them
+                # A merge. The merged-away persons' events were published under them; but the
+                # survivor's own events that a batch has logged and not yet applied are folded in
+                # here first, and that batch will find them held: publish those now, or they never
+                # reach the stream (the triggers would miss them).
+                remembered = set(ProfileState.from_dict(stored.data).recent_event_ids) if stored.data else set()
+                published = [
+                    logged[event_id]
+                    for event_id in state.recent_event_ids
+                    if event_id not in remembered and event_id not in batch.inherited
+                ]
             else:
                 # No stored state to compare with (first sight raced by another batch, a crash
                 # between log and state, a flushed Redis): this batch's events and the recent
@@ -336,8 +347,10 @@ class Profiles:
             await self._store.record_merge(loser, survivor, at)
         await self._live.mark_merged(losers, survivor)
         survivor_attributes = await self._store.attributes(survivor)
+        inherited_events: set[str] = set()
         for loser in losers:
             history = await self._store.history(loser)
+            inherited_events.update(event.event_id for event in history)
             await self._store.append(
                 [LoggedEvent(survivor, event_time_ms(e), e.event_id, e.SerializeToString()) for e in history]
             )
@@ -349,7 +362,7 @@ class Profiles:
             if inherited:
                 await self._store.set_attributes(survivor, inherited, at)
                 survivor_attributes.update(inherited)
-        await self._apply({survivor: _PersonBatch([], set())}, force_rebuild=True)
+        await self._apply({survivor: _PersonBatch([], set(), frozenset(inherited_events))}, force_rebuild=True)
         for loser in losers:
             await self._store.erase_history(loser)
             await self._store.erase_attributes(loser)

@@ -470,3 +470,54 @@ async def test_reading_an_unknown_identifier_is_not_found_and_creates_nobody(
     await track(profile, event(event_pb2.EVENT_TYPE_PAGE_VIEW, cookie(stranger), now_ms()))
     got = await profile.call("GetProfile", pb.GetProfileRequest(person=by_cookie(stranger)))
     assert got.profile.event_count == 1
+
+
+async def test_a_merge_publishes_the_survivors_events_a_batch_logged_but_had_not_applied(
+    profile: ProfileHarness, unique: Callable[[str], str]
+) -> None:
+    """A merge's rebuild can fold in events of the survivor that a TrackBatch has logged and not
+    yet applied; that batch then finds them held and publishes nothing. The merge must publish
+    them (else the triggers never see them), and not the merged-away person's, which were
+    published under that person already."""
+    from services.common.identity_client import IdentityClient
+    from services.common.person_changes import PersonChangeStream
+    from services.common.server import open_stores
+    from services.profile.adapters.cassandra_log import SCHEMA_FILE, CassandraProfileStore, LoggedEvent
+    from services.profile.adapters.redis_state import RedisProfileState
+    from services.profile.domain.folding import FoldRules
+    from services.profile.profiles import ProfileRules, Profiles
+
+    start = now_ms() - 60_000
+    survivor = (
+        (await track(profile, event(event_pb2.EVENT_TYPE_PAGE_VIEW, customer(unique("s")), start))).results[0].person_id
+    )
+    loser_view = event(event_pb2.EVENT_TYPE_PAGE_VIEW, cookie(unique("l")), start + 1000)
+    loser = (await track(profile, loser_view)).results[0].person_id
+    in_flight = event(event_pb2.EVENT_TYPE_SIGN_UP, customer(unique("s2")), start + 2000)
+    settings = profile.settings
+    cassandra, redis_client = await open_stores(settings, SCHEMA_FILE)
+    identity = IdentityClient(settings.identity_address, settings.identity_api_key)
+    try:
+        log = CassandraProfileStore(cassandra, settings.write_concurrency, settings.write_group_rows)
+        profiles = Profiles(
+            log,
+            RedisProfileState(redis_client, settings.state_ttl_days * 86_400),
+            identity,
+            ProfileRules(FoldRules(), cart_abandoned_after_ms=3_600_000),
+            PersonChangeStream(redis_client),
+        )
+        # The batch's first step (the durable log) is done; its second (the live state) is not.
+        await log.append([LoggedEvent(survivor, start + 2000, in_flight.event_id, in_flight.SerializeToString())])
+        await profiles.absorb(survivor, [loser])
+    finally:
+        await identity.close()
+        await redis_client.close()
+        await cassandra.close()
+    redis = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+    try:
+        stream: list[tuple[str, dict[str, str]]] = await redis.xrange(f"{settings.redis_prefix}profile:events")  # type: ignore[assignment]
+    finally:
+        await redis.aclose()
+    entries = [json.loads(fields["e"]) for _, fields in stream]
+    assert [(e["person"], e["type"]) for e in entries if e["id"] == in_flight.event_id] == [(survivor, "SIGN_UP")]
+    assert [e["person"] for e in entries if e["id"] == loser_view.event_id] == [loser]
