@@ -93,54 +93,56 @@ def _trace_headers_of(span_context: SpanContext) -> Metadata:
     return (traceparent,)
 
 
-class ServerSpan:
+class _CurrentServerSpan:
+    """A SERVER span, current while its request is served; subclasses record the outcome in
+    their protocol's conventions."""
+
+    __slots__ = ("_span", "_token")
+
+    def __init__(self, span: trace.Span) -> None:
+        self._span = span
+        self._token = otel_context.attach(trace.set_span_in_context(span))
+
+    def trace_id(self) -> str:
+        return f"{self._span.get_span_context().trace_id:032x}"
+
+    def end(self, code: str, error: BaseException | None = None) -> None:
+        span = self._span
+        if span.is_recording():
+            failed = self._record_outcome(span, code)
+            if failed:
+                span.set_status(Status(StatusCode.ERROR, code))
+                if error is not None:
+                    span.set_attribute("error.type", type(error).__name__)
+        otel_context.detach(self._token)
+        span.end()
+
+    def _record_outcome(self, span: trace.Span, code: str) -> bool:
+        """Sets the status attribute; whether the span is an error."""
+        raise NotImplementedError
+
+
+class ServerSpan(_CurrentServerSpan):
     """The SERVER span of one RPC, current while the handler runs."""
 
-    __slots__ = ("_span", "_token")
+    __slots__ = ()
 
-    def __init__(self, span: trace.Span) -> None:
-        self._span = span
-        self._token = otel_context.attach(trace.set_span_in_context(span))
-
-    def trace_id(self) -> str:
-        return f"{self._span.get_span_context().trace_id:032x}"
-
-    def end(self, code: str, error: BaseException | None = None) -> None:
-        span = self._span
-        if span.is_recording():
-            span.set_attribute("rpc.grpc.status_code", _STATUS_NUMBERS.get(code, 2))
-            if code in _SERVER_ERRORS:
-                span.set_status(Status(StatusCode.ERROR, code))
-                if error is not None:
-                    span.set_attribute("error.type", type(error).__name__)
-        otel_context.detach(self._token)
-        span.end()
+    def _record_outcome(self, span: trace.Span, code: str) -> bool:
+        span.set_attribute("rpc.grpc.status_code", _STATUS_NUMBERS.get(code, 2))
+        return code in _SERVER_ERRORS
 
 
-class HttpServerSpan:
-    """The SERVER span of one HTTP request (a page of the staff console), current while it is served."""
+class HttpServerSpan(_CurrentServerSpan):
+    """The SERVER span of one HTTP request (a page of the staff console), current while it is
+    served. `code` is the HTTP status; per the HTTP conventions a server span is an error for
+    5xx only."""
 
-    __slots__ = ("_span", "_token")
+    __slots__ = ()
 
-    def __init__(self, span: trace.Span) -> None:
-        self._span = span
-        self._token = otel_context.attach(trace.set_span_in_context(span))
-
-    def trace_id(self) -> str:
-        return f"{self._span.get_span_context().trace_id:032x}"
-
-    def end(self, code: str, error: BaseException | None = None) -> None:
-        """`code` is the HTTP status; per the HTTP conventions a server span is an error for 5xx only."""
-        span = self._span
-        if span.is_recording():
-            status = int(code)
-            span.set_attribute("http.response.status_code", status)
-            if status >= 500:
-                span.set_status(Status(StatusCode.ERROR, code))
-                if error is not None:
-                    span.set_attribute("error.type", type(error).__name__)
-        otel_context.detach(self._token)
-        span.end()
+    def _record_outcome(self, span: trace.Span, code: str) -> bool:
+        status = int(code)
+        span.set_attribute("http.response.status_code", status)
+        return status >= 500
 
 
 class ClientCall(AbstractContextManager[Metadata]):

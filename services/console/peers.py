@@ -19,7 +19,7 @@ from rapport.messaging.v1 import messaging_service_pb2_grpc as messaging_grpc
 from rapport.profile.v1 import profile_service_pb2 as profile_pb
 from rapport.profile.v1 import profile_service_pb2_grpc as profile_grpc
 from services.common import tracing
-from services.common.channels import ClientCertificate, peer_channel
+from services.common.channels import ClientCertificate, PeerClient
 from services.common.identifiers import IdentifierKey
 from services.console.settings import ConsoleSettings
 
@@ -40,18 +40,32 @@ class PeerError(Exception):
         return bool(self.code == grpc.StatusCode.NOT_FOUND)
 
 
-class _Peer:
-    """One service: its channel and stub, the console's key for it, and its full name, as traces
-    name its RPCs (rapport.identity.v1.IdentityService/GetPerson)."""
+class _Peer(PeerClient):
+    """One service, as the console calls it: the shared client (channel, stub, key) plus its
+    name for errors and its full name, as traces name its RPCs
+    (rapport.identity.v1.IdentityService/GetPerson)."""
 
     def __init__(
-        self, name: str, channel: grpc.aio.Channel, api_key: str, stub_type: Any, file_descriptor: Any
+        self,
+        name: str,
+        stub_type: Any,
+        file_descriptor: Any,
+        address: str,
+        api_key: str,
+        tls_ca_file: str,
+        certificate: ClientCertificate,
     ) -> None:
+        self.stub_class = stub_type
+        super().__init__(address, api_key, tls_ca_file, certificate)
         self.name = name
-        self.channel = channel
-        self.stub = stub_type(self.channel)
-        self.metadata = (("authorization", f"Bearer {api_key}"),)
         (self.service,) = (service.full_name for service in file_descriptor.services_by_name.values())
+
+    async def call(self, method: str, request: Any, timeout_s: float) -> Any:
+        try:
+            with tracing.outgoing(f"{self.service}/{method}", self._metadata) as metadata:
+                return await getattr(self._stub, method)(request, metadata=metadata, timeout=timeout_s)
+        except grpc.aio.AioRpcError as error:
+            raise PeerError(self.name, error.code(), error.details() or "") from None
 
 
 class RapportPeers:
@@ -60,43 +74,47 @@ class RapportPeers:
         certificate = ClientCertificate(settings.peer_tls_cert_file, settings.peer_tls_key_file)
         self._identity = _Peer(
             "identity",
-            peer_channel(settings.identity_address, settings.identity_tls_ca_file, certificate),
-            settings.identity_api_key,
             identity_grpc.IdentityServiceStub,
             identity_pb.DESCRIPTOR,
+            settings.identity_address,
+            settings.identity_api_key,
+            settings.identity_tls_ca_file,
+            certificate,
         )
         self._profile = _Peer(
             "profile",
-            peer_channel(settings.profile_address, settings.profile_tls_ca_file, certificate),
-            settings.profile_api_key,
             profile_grpc.ProfileServiceStub,
             profile_pb.DESCRIPTOR,
+            settings.profile_address,
+            settings.profile_api_key,
+            settings.profile_tls_ca_file,
+            certificate,
         )
         self._decision = _Peer(
             "decision",
-            peer_channel(settings.decision_address, settings.decision_tls_ca_file, certificate),
-            settings.decision_api_key,
             decision_grpc.DecisionServiceStub,
             decision_pb.DESCRIPTOR,
+            settings.decision_address,
+            settings.decision_api_key,
+            settings.decision_tls_ca_file,
+            certificate,
         )
         self._messaging = _Peer(
             "messaging",
-            peer_channel(settings.messaging_address, settings.messaging_tls_ca_file, certificate),
-            settings.messaging_api_key,
             messaging_grpc.MessagingServiceStub,
             messaging_pb.DESCRIPTOR,
+            settings.messaging_address,
+            settings.messaging_api_key,
+            settings.messaging_tls_ca_file,
+            certificate,
         )
 
     async def close(self) -> None:
         for peer in (self._identity, self._profile, self._decision, self._messaging):
-            await peer.channel.close()
+            await peer.close()
 
     async def _call(self, peer: _Peer, method: str, request: Any) -> Any:
-        try:
-            with tracing.outgoing(f"{peer.service}/{method}", peer.metadata) as metadata:
-                return await getattr(peer.stub, method)(request, metadata=metadata, timeout=self._timeout_s)
-        except grpc.aio.AioRpcError as error:
-            raise PeerError(peer.name, error.code(), error.details() or "") from None
+        return await peer.call(method, request, self._timeout_s)
 
     # ------------------------------------------------------------------ identity
     async def lookup(self, identifier: IdentifierKey) -> str | None:

@@ -19,7 +19,7 @@ from services.common.errors import FieldViolation, InvalidArgument, RapportError
 from services.common.identifiers import IdentifierKey
 from services.common.identity_client import IdentityClient
 from services.decision.adapters.redis_store import DecisionStore
-from services.decision.domain import bandit, experiments, messages
+from services.decision.domain import bandit, experiments, messages, recent_decisions
 from services.decision.domain.bandit import FloatArray
 from services.decision.domain.catalog import category_name
 from services.decision.domain.decision_ids import DecisionIds, DecisionRecord, InvalidDecisionId, new_nonce
@@ -287,20 +287,22 @@ class Decider:
         self.metrics.decided(query.placement, degraded)
         self._store.remember_decision(
             person_id,
-            decision_id=decision_id,
-            decided_ms=now_ms,
-            placement=query.placement,
-            situation=situation_name,
-            situation_key=situation_key,
-            lead_strategy=lead,
-            segment_ids=segment_ids,
-            experiment_id=experiment_id,
-            arm=arm,
-            degraded_reasons=degraded,
-            items=items,
-            headline=message.headline,
-            body=message.body,
-            language=message.language,
+            recent_decisions.decision_entry(
+                decision_id=decision_id,
+                decided_ms=now_ms,
+                placement=query.placement,
+                situation=situation_name,
+                situation_key=situation_key,
+                lead_strategy=lead.name,
+                segment_ids=segment_ids,
+                experiment_id=experiment_id,
+                arm=arm,
+                degraded_reasons=degraded,
+                items=items,
+                headline=message.headline,
+                body=message.body,
+                language=message.language,
+            ),
         )
         return Decision(
             decision_id,

@@ -338,7 +338,9 @@ class Sender:
                 product_ids=handed.product_ids,
                 last_error="",
             )
-            cap_key = f"{delivery.person_id}:{delivery.channel}:{local_day(handed.at_ms, contact.country).isoformat()}"
+            cap_key = daily_cap_key(
+                delivery.person_id, Channel[delivery.channel], local_day(handed.at_ms, contact.country)
+            )
             return await self._close(entry_id, sent, cap_key)
         instance, fired = instance_from_json(delivery.trigger_data)
         rules = await self._rules.refresh()

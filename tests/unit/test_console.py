@@ -512,7 +512,7 @@ async def test_peers_look_up_an_identifier_read_only_with_the_pages_trace_contex
     settings = load_settings(ConsoleSettings, {}, identity_api_key="rk_console_to_identity", rpc_timeout_s=2.0)
     peers = RapportPeers(settings)
     stub = RecordingIdentityStub()
-    peers._identity.stub = stub
+    peers._identity._stub = stub  # type: ignore[assignment]
     cookie = IdentifierKey(IdentifierType.COOKIE, "c-123")
     try:
         trace = tracing.PASS_THROUGH.start("GET /", CALLER_TRACEPARENT, None, "")

@@ -14,8 +14,6 @@ from redis.exceptions import RedisError, WatchError
 from services.common.redis import RedisClient
 from services.decision.domain import recent_decisions
 from services.decision.domain.recent_decisions import RecordedDecision
-from services.decision.domain.recommenders import Candidate
-from services.decision.domain.situations import Strategy
 
 log = structlog.get_logger("rapport.decision.store")
 
@@ -174,49 +172,15 @@ class DecisionStore:
         self._unwritten_exposures[key] = self._unwritten_exposures.get(key, 0) + 1
 
     # ------------------------------------------------------------------ latest decisions
-    def remember_decision(
-        self,
-        person_id: str,
-        *,
-        decision_id: str,
-        decided_ms: int,
-        placement: str,
-        situation: str,
-        situation_key: str,
-        lead_strategy: Strategy | None,
-        segment_ids: Sequence[str],
-        experiment_id: str,
-        arm: str,
-        degraded_reasons: Sequence[str],
-        items: Sequence[Candidate],
-        headline: str,
-        body: str,
-        language: str,
-    ) -> None:
-        """Queues the decision for the head of the person's capped list; `write_behind` writes
-        the queue in one round trip. Decide never waits on it: a decision that could not be
-        written only misses from the console."""
+    def remember_decision(self, person_id: str, entry: bytes) -> None:
+        """Queues a decision (`recent_decisions.decision_entry`) for the head of the person's
+        capped list; `write_behind` writes the queue in one round trip. Decide never waits on it:
+        a decision that could not be written only misses from the console."""
         if not person_id:
             return
         if len(self._unwritten_decisions) >= UNWRITTEN_DECISIONS_MAX:
             self._unwritten_decisions.clear()  # Redis has been away for a while: drop, never grow
             log.warning("decisions_not_remembered", reason="queue full")
-        entry = recent_decisions.decision_entry(
-            decision_id=decision_id,
-            decided_ms=decided_ms,
-            placement=placement,
-            situation=situation,
-            situation_key=situation_key,
-            lead_strategy=lead_strategy.name if lead_strategy is not None else "",
-            segment_ids=segment_ids,
-            experiment_id=experiment_id,
-            arm=arm,
-            degraded_reasons=degraded_reasons,
-            items=items,
-            headline=headline,
-            body=body,
-            language=language,
-        )
         self._unwritten_decisions.append((person_id, entry))
 
     async def write_behind(self) -> int:
