@@ -10,11 +10,14 @@ processes sharing the port, one per core).
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import shutil
 import subprocess
 import time
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +33,11 @@ RESOLVE = "rapport.identity.v1.IdentityService/Resolve"
 CHECK = "grpc.health.v1.Health/Check"
 
 
-def ghz(address: str, call: str, key: str, data: str, extra: list[str]) -> dict[str, Any]:
+def ghz_command(address: str, call: str, key: str, data: str | Path, extra: list[str]) -> list[str]:
+    """`data`: the requests as JSON, or a file of serialized requests, each prefixed by its length
+    (a varint), which ghz sends without converting JSON on every call."""
     binary = shutil.which("ghz") or str(REPO / ".cache/bin/ghz")
-    command = [
+    return [
         binary,
         "--insecure",
         # One OS thread for the load generator's Go code, so it does not take both cores from
@@ -43,17 +48,66 @@ def ghz(address: str, call: str, key: str, data: str, extra: list[str]) -> dict[
         "json",
         "--call",
         call,
-        "-d",
-        data,
+        *(["-B", str(data)] if isinstance(data, Path) else ["-d", data]),
         "--metadata",
         json.dumps({"authorization": f"Bearer {key}"}),
         *extra,
         address,
     ]
-    out = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    if out.returncode != 0 and not out.stdout.strip().startswith("{"):
-        raise RuntimeError(f"ghz failed: {out.stderr.strip()[-500:]}")
-    return json.loads(out.stdout)
+
+
+def _report(stdout: str, stderr: str, returncode: int) -> dict[str, Any]:
+    if returncode != 0 and not stdout.strip().startswith("{"):
+        raise RuntimeError(f"ghz failed: {stderr.strip()[-500:]}")
+    report: dict[str, Any] = json.loads(stdout)
+    return report
+
+
+def ghz(address: str, call: str, key: str, data: str, extra: list[str]) -> dict[str, Any]:
+    out = subprocess.run(ghz_command(address, call, key, data, extra), capture_output=True, text=True, timeout=300)
+    return _report(out.stdout, out.stderr, out.returncode)
+
+
+@dataclass(frozen=True)
+class SpreadReport:
+    """The calls of several ghz runs at once, one per replica, as one load."""
+
+    rps: float
+    count: int
+    errors: dict[str, int]
+    latencies_ns: list[int]  # of the calls that succeeded, sorted
+
+    def latency_ms(self, percentile: float) -> float:
+        if not self.latencies_ns:
+            return float("nan")
+        rank = min(len(self.latencies_ns) - 1, max(0, math.ceil(percentile / 100 * len(self.latencies_ns)) - 1))
+        return self.latencies_ns[rank] / 1e6
+
+
+def ghz_spread(addresses: list[str], call: str, key: str, data: str | Path, extra: list[str]) -> SpreadReport:
+    """One ghz per address, all at once, with the same options (give each its share of the rate
+    and concurrency): calls spread evenly over replicas, as a client's round_robin policy does."""
+    runs = [
+        subprocess.Popen(
+            ghz_command(address, call, key, data, extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for address in addresses
+    ]
+    reports = []
+    for run in runs:
+        stdout, stderr = run.communicate(timeout=300)
+        reports.append(_report(stdout, stderr, run.returncode))
+    errors: Counter[str] = Counter()
+    latencies: list[int] = []
+    for report in reports:
+        errors.update(report.get("errorDistribution") or {})
+        latencies += [detail["latency"] for detail in report.get("details") or () if detail.get("status") == "OK"]
+    return SpreadReport(
+        rps=sum(report["rps"] for report in reports),
+        count=sum(report["count"] for report in reports),
+        errors=dict(errors),
+        latencies_ns=sorted(latencies),
+    )
 
 
 def latency_ms(report: dict[str, Any], percentile: int) -> float:

@@ -3,11 +3,12 @@ duplicates injected and one messaging replica killed (-9) in the middle.
 
 Every person first signs up through profile's TrackBatch (so it has a live profile, as a real
 welcome email's recipient has). Real processes: identity, profile, decision (products of each
-email) and BENCH_MESSAGING_REPLICAS
-messaging replicas sharing the Redis queue; a real aiosmtpd server in this process counts what
-arrives, by the trigger key each email carries. Every trigger is fired with one send time a
-few seconds ahead (plus BENCH_DUPLICATE_RATIO repeats of the same key), so the clock starts
-when they all fall due; half-way through the arrivals one replica is killed.
+email) and BENCH_MESSAGING_REPLICAS messaging replicas sharing the Redis queue; a real SMTP
+server in a thread of this process (bench/smtp_counting_server.py, lean so that the instrument
+takes little of the CPU the services are measured on) counts what arrives, by the trigger key
+each email carries. Every trigger is fired with one send time a few seconds ahead (plus
+BENCH_DUPLICATE_RATIO repeats of the same key), so the clock starts when they all fall due;
+half-way through the arrivals one replica is killed.
 
 Last line: emails_per_s=… duplicates=… lost=…
 Environment: BENCH_TRIGGERS (3000), BENCH_DUPLICATE_RATIO (0.2), BENCH_MESSAGING_REPLICAS (2),
@@ -20,16 +21,13 @@ import asyncio
 import os
 import random
 import secrets
-import threading
 import time
-from collections import Counter
-from typing import Any
 
 import grpc
-from aiosmtpd.controller import Controller
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from bench.support import ServiceProcess, forget_prefix, free_port, start_service
+from bench.smtp_counting_server import CountingSmtpServer
+from bench.support import ServiceProcess, forget_prefix, start_service
 from rapport.common.v1 import event_pb2
 from rapport.common.v1 import identifier_pb2 as common
 from rapport.decision.v1 import decision_service_pb2 as decision_pb
@@ -40,22 +38,6 @@ from rapport.profile.v1 import profile_service_pb2 as profile_pb
 from rapport.profile.v1 import profile_service_pb2_grpc as profile_grpc
 
 LEAD_S = 8.0  # between the last fire and the common send time: every trigger is scheduled by then
-
-
-class CountingSink:
-    def __init__(self) -> None:
-        self.by_trigger: Counter[str] = Counter()
-        self.arrivals: list[float] = []
-        self._lock = threading.Lock()
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        content: bytes = envelope.original_content or b""
-        start = content.find(b"\nX-Rapport-Trigger: ")
-        key = content[start + 20 : content.find(b"\n", start + 1)].strip().decode() if start >= 0 else ""
-        with self._lock:
-            self.by_trigger[key] += 1
-            self.arrivals.append(time.monotonic())
-        return "250 OK"
 
 
 async def sign_up(profile_address: str, key: str, count: int, run: str) -> list[str]:
@@ -128,10 +110,8 @@ def main() -> None:
     replica_count = int(os.environ.get("BENCH_MESSAGING_REPLICAS", "2"))
     run = secrets.token_hex(4)
     key = "rk_bench_" + secrets.token_hex(12)
-    sink = CountingSink()
-    smtp_port = free_port()
-    controller = Controller(sink, hostname="127.0.0.1", port=smtp_port)
-    controller.start()
+    smtp = CountingSmtpServer().start()
+    sink = smtp.count
     common_env = {
         "RAPPORT_API_KEYS": f"bench:{key}:*",
         "RAPPORT_REDIS_PREFIX": f"bench-messaging:{run}:",
@@ -178,7 +158,7 @@ def main() -> None:
             "RAPPORT_MESSAGING_QUIET_HOURS": "false",
             "RAPPORT_MESSAGING_CLAIM_IDLE_MS": "3000",
             "RAPPORT_MESSAGING_FOLLOW_EVENTS": "false",
-            "RAPPORT_SMTP_PORT": str(smtp_port),
+            "RAPPORT_SMTP_PORT": str(smtp.port),
             "RAPPORT_MESSAGING_SENDERS": os.environ.get("BENCH_SENDERS", "16"),
             "RAPPORT_SMTP_CONNECTIONS": os.environ.get("BENCH_SMTP_CONNECTIONS", "8"),
         }
@@ -225,7 +205,7 @@ def main() -> None:
         for server in reversed(servers):
             if server.process.poll() is None:
                 server.stop()
-        controller.stop()
+        smtp.stop()
         forget_prefix(common_env["RAPPORT_REDIS_PREFIX"])
 
 

@@ -115,7 +115,7 @@ async def build_decision(settings: DecisionSettings) -> ServiceRegistration:
         log.warning("start_without_redis", error=type(error).__name__)
         loaded = False
     person_changes = PersonChangeFollower(
-        PersonChangeStream(redis), CONSUMER_GROUP, consumer_name(), PersonChanges(store).apply
+        PersonChangeStream(redis), CONSUMER_GROUP, consumer_name(), PersonChanges(store, reader).apply
     )
     background = [
         asyncio.create_task(learner.run(loaded), name="decision-learning"),

@@ -34,7 +34,7 @@ from services.decision.domain.situations import (
     situation_of,
 )
 from services.decision.domain.strategies import FOLLOWER_WEIGHTS, Page, Recommenders, candidates
-from services.decision.domain.visitor import Visitor, visitor_from_profile
+from services.decision.domain.visitor import Visitor, visitor_of
 from services.decision.metrics import DecisionMetrics
 from services.profile.reader import ProfileReader
 
@@ -198,9 +198,7 @@ class Decider:
                             self._reader.remember_empty(person_id)
                 profile_read = True
                 if live is not None:
-                    visitor = visitor_from_profile(
-                        live, now_ms, self.rules.half_life_ms, self.rules.cart_abandoned_after_ms
-                    )
+                    visitor = visitor_of(live, now_ms, self.rules.half_life_ms, self.rules.cart_abandoned_after_ms)
             except TimeoutError:
                 degraded.append("profile_timeout")
             except RedisError:

@@ -10,7 +10,7 @@ import structlog
 from rapport.messaging.v1 import messaging_service_pb2_grpc as pb_grpc
 from services.common.channels import ClientCertificate
 from services.common.identity_client import IdentityClient
-from services.common.person_changes import PersonChangeFollower, PersonChangeStream
+from services.common.person_changes import PersonChange, PersonChangeFollower, PersonChangeStream
 from services.common.redis import consumer_name
 from services.common.server import ServiceRegistration, cancel_tasks, open_stores
 from services.messaging.adapters.cassandra_store import SCHEMA_FILE, MessagingStore
@@ -105,9 +105,16 @@ async def build_messaging(settings: MessagingSettings) -> ServiceRegistration:
     )
     tracking = TrackingEndpoint(messaging, tokens, identity, tracker)
     runner, http_port = await start_tracking(tracking, settings.host, settings.http_port)
+
+    async def apply_person_change(change: PersonChange) -> None:
+        # This replica's decoded copies of the persons' profiles go at once (the other replicas'
+        # within seconds: services/profile/reader.py keeps none longer).
+        profiles.forget(change.person_ids)
+        await messaging.apply_person_change(change)
+
     # Erasures announced by profile; always followed, whatever else is switched off.
     person_changes = PersonChangeFollower(
-        PersonChangeStream(redis), "messaging", consumer, messaging.apply_person_change, settings.claim_idle_ms
+        PersonChangeStream(redis), "messaging", consumer, apply_person_change, settings.claim_idle_ms
     )
     background = [
         asyncio.create_task(Dispatcher(queue).run(), name="messaging-dispatcher"),

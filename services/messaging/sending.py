@@ -37,7 +37,7 @@ from services.common.identity_client import IdentityClient
 from services.messaging.adapters.cassandra_store import Contact, MessagingStore, StoredAudienceMember
 from services.messaging.adapters.channels import HttpSender, SendError, SmtpSender
 from services.messaging.adapters.peers import DecisionClient, Pick, Picks
-from services.messaging.adapters.redis_queue import MessagingQueue, StreamEntries
+from services.messaging.adapters.redis_queue import MessagingQueue, StreamEntries, TakenSend
 from services.messaging.domain.audiences import AudienceMember, hash_email, hash_phone, sync_batches
 from services.messaging.domain.delivery import Delivery, DeliveryStatus
 from services.messaging.domain.mime import OutgoingEmail, compose_email
@@ -50,6 +50,7 @@ from services.messaging.domain.policy import (
     daily_cap_key,
     decide_send,
     local_day,
+    local_days_possible,
 )
 from services.messaging.domain.retry import DeadLetter, RetryPolicy
 from services.messaging.domain.templates import (
@@ -294,39 +295,48 @@ class Sender:
             log.warning("send_failed_unrecorded", delivery=delivery_id, exc_info=True)
 
     async def process(self, entry_id: str, delivery_id: str) -> DeliveryStatus | None:
-        delivery = await self._queue.copy(delivery_id)
-        if delivery is None or await self._queue.is_done(delivery_id) or delivery.status.final:
-            # Erased, expired, or already handled by a send whose acknowledgement was lost.
-            await self._queue.ack_send(entry_id)
-            return None
+        at = now_ms()
         # One sender at a time per delivery: an entry claimed from a slow (not dead) replica
-        # waits until that replica's lease ends; a killed replica's lease simply runs out.
-        if not await self._queue.lease(delivery_id, self._consumer, self._config.claim_idle_ms):
-            return None
+        # waits until that replica's lease ends; a killed replica's lease simply runs out. The
+        # step that takes the lease also reads what the send needs from Redis (see take_send).
+        taken = await self._queue.take_send(
+            entry_id,
+            delivery_id,
+            self._consumer,
+            self._config.claim_idle_ms,
+            [day.isoformat() for day in local_days_possible(at)],
+        )
+        if taken is None:
+            return None  # erased, expired, already handled, or another sender's
+        delivery = taken.delivery
+        # Every way out of _process_leased records an outcome that gives the lease back in the
+        # same script; only a failure (Redis, Cassandra, cancellation) leaves it to be released here.
         try:
+            if delivery.status.final:  # handled by a send whose acknowledgement was lost
+                await self._queue.ack_send(entry_id, delivery_id, self._consumer)
+                return None
             send_attributes = {
                 "rapport.delivery_id": delivery_id,
                 "rapport.channel": delivery.channel,
                 "rapport.trigger": delivery.kind,
             }
             with tracing.job_span("messaging.send", trigger_traceparent(delivery.trigger_data), send_attributes):
-                return await self._process_leased(entry_id, delivery)
-        finally:
+                return await self._process_leased(entry_id, taken, at)
+        except BaseException:
             with contextlib.suppress(Exception):
                 await self._queue.release(delivery_id, self._consumer)
+            raise
 
-    async def _process_leased(self, entry_id: str, delivery: Delivery) -> DeliveryStatus | None:
+    async def _process_leased(self, entry_id: str, taken: TakenSend, at: int) -> DeliveryStatus | None:
+        delivery = taken.delivery  # as the previous holder left it, if any
         delivery_id = delivery.delivery_id
-        if not await self._queue.entry_exists(entry_id):
-            return None  # the lease's previous holder finished or rescheduled it meanwhile
-        if await self._queue.is_done(delivery_id):
-            await self._queue.ack_send(entry_id)
-            return None
-        delivery = await self._queue.copy(delivery_id) or delivery  # as the previous holder left it
-        at = now_ms()
         channel = Channel[delivery.channel]
-        contact = await self._store.contact(delivery.person_id) or Contact(delivery.person_id)
-        handed = await self._queue.hand_over_of(delivery_id)
+        # Read together (one wait instead of two), at the start of the send, as the lease is taken.
+        stored_contact, consents = await asyncio.gather(
+            self._store.contact(delivery.person_id), self._store.consents(delivery.person_id)
+        )
+        contact = stored_contact or Contact(delivery.person_id)
+        handed = taken.handed
         if handed is not None:
             # The previous holder handed the email to the server and stopped before recording
             # it: sending it again would be a duplicate (see SmtpSender.send).
@@ -349,20 +359,25 @@ class Sender:
             verdict = still_due(instance, facts, at, rules)
             if not verdict.send:
                 if verdict.recheck_at_ms is not None:
-                    await self._queue.requeue(entry_id, _later(delivery, verdict.recheck_at_ms, verdict.reason))
+                    await self._queue.requeue(
+                        entry_id, _later(delivery, verdict.recheck_at_ms, verdict.reason), self._consumer
+                    )
                     return DeliveryStatus.SCHEDULED
                 return await self._close(
                     entry_id, delivery.with_status(DeliveryStatus.CANCELLED, reason=verdict.reason)
                 )
-        consents = await self._store.consents(delivery.person_id)
         consent_name = consents.get(channel.name, ("UNKNOWN", 0))[0]
         consent = ConsentState[consent_name] if consent_name in ConsentState.__members__ else ConsentState.UNKNOWN
         country = contact.country
-        cap_key = daily_cap_key(delivery.person_id, channel, local_day(at, country))
+        day = local_day(at, country)
+        cap_key = daily_cap_key(delivery.person_id, channel, day)
+        sent_today = taken.sent_on.get(day.isoformat())
+        if sent_today is None:  # never: the person's local day is among those read
+            sent_today = await self._queue.sent_today(cap_key)
         decision = decide_send(
             channel,
             consent,
-            await self._queue.sent_today(cap_key),
+            sent_today,
             country,
             at,
             self._config.policy,
@@ -373,7 +388,7 @@ class Sender:
                 entry_id, delivery.with_status(DeliveryStatus.SKIPPED, reason=decision.reason.name)
             )
         if isinstance(decision, DeferUntil):
-            await self._queue.requeue(entry_id, _later(delivery, decision.at_ms, "QUIET_HOURS"))
+            await self._queue.requeue(entry_id, _later(delivery, decision.at_ms, "QUIET_HOURS"), self._consumer)
             return DeliveryStatus.SCHEDULED
         attempt = delivery.attempts + 1
         try:
@@ -391,7 +406,7 @@ class Sender:
             retry = delivery.with_status(
                 DeliveryStatus.SCHEDULED, attempts=attempt, last_error=str(error), due_at_ms=step.at_ms
             )
-            await self._queue.requeue(entry_id, retry)
+            await self._queue.requeue(entry_id, retry, self._consumer)
             return DeliveryStatus.SCHEDULED
         sent = delivery.with_status(
             DeliveryStatus.SENT, attempts=attempt, sent_at_ms=now_ms(), product_ids=tuple(products), last_error=""
@@ -399,7 +414,7 @@ class Sender:
         return await self._close(entry_id, sent, cap_key)
 
     async def _close(self, entry_id: str, delivery: Delivery, cap_key: str | None = None) -> DeliveryStatus:
-        recorded = await self._queue.finish(entry_id, delivery, cap_key)
+        recorded = await self._queue.finish(entry_id, delivery, cap_key, self._consumer)
         self.metrics.finished(delivery)
         if not recorded:  # the person was erased while this was in flight: no history to write
             log.info("delivery_erased_in_flight", delivery=delivery.delivery_id, status=delivery.status.name)

@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from services.profile.adapters.redis_state import RedisProfileState
 from services.profile.domain.state import ProfileState
@@ -17,12 +17,17 @@ from services.profile.domain.view import NO_RFM, PriceBands, RfmScores, quintile
 
 @dataclass(frozen=True)
 class LiveProfile:
-    """A person's state with what it takes to read it now."""
+    """A person's state with what it takes to read it now.
+
+    `derived` holds what a reader's caller computed from this very profile, under the caller's
+    key (decision keeps its visitor facts there): a reader that hands the same profile out again
+    (services/profile/reader.py) hands those out with it, and drops them with it."""
 
     state: ProfileState
     attributes: dict[str, str]
     bands: PriceBands
     rfm: RfmScores
+    derived: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 def categories_of(state: ProfileState) -> set[str]:

@@ -5,19 +5,26 @@ Redis has no state for the person, which makes profile rebuild it from Cassandra
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
+
+import orjson
 
 from rapport.profile.v1 import profile_service_pb2 as profile_pb
 from rapport.profile.v1 import profile_service_pb2_grpc as profile_grpc
 from services.common import tracing
 from services.common.channels import NO_CLIENT_CERTIFICATE, ClientCertificate, PeerClient
 from services.common.redis import RedisClient
-from services.profile.adapters.redis_state import RedisProfileState
+from services.profile.adapters.redis_state import EncodedState, RedisProfileState
 from services.profile.domain.state import ProfileState
 from services.profile.live import LiveProfile, RecentPriceDistributions, complete_live_profile
 
 # A person profile has nothing for (a first visit) is not asked about again for this long.
 EMPTY_MEMORY_S = 10.0
 EMPTY_MEMORY_MAX = 100_000
+# A profile read again unchanged is not decoded again for this long (its price bands and RFM
+# ranks, which move with the whole shop, are at most this old), among this many persons.
+DECODED_REUSE_S = 5.0
+DECODED_MAX = 20_000
 _GET_PROFILE = f"{profile_pb.DESCRIPTOR.services_by_name['ProfileService'].full_name}/GetProfile"
 
 
@@ -38,14 +45,43 @@ class ProfileReader(PeerClient):
         self._prices = RecentPriceDistributions(self._live)
         super().__init__(profile_address, api_key, tls_ca_file, certificate)
         self._empty_until: dict[str, float] = {}
+        # person -> (the state as stored, when decoded, the profile decoded from it)
+        self._decoded: dict[str, tuple[EncodedState, float, LiveProfile]] = {}
+        self._decoded_pruned = time.monotonic()
 
     async def read(self, person_id: str) -> LiveProfile | None:
-        """The live profile, or None when Redis holds no state for the person."""
-        stored = (await self._live.load([person_id]))[person_id]
-        if stored.data is None:
+        """The live profile, or None when Redis holds no state for the person.
+
+        A storefront asks for several placements of one page, and a person's state changes only
+        with their own events: a state read again as it was (the same stored text) within
+        DECODED_REUSE_S returns the profile decoded the last time, the very same object, which
+        callers may key their own derived facts on. Callers must not modify it."""
+        stored = await self._live.load_encoded(person_id)
+        if stored is None:
             return None
-        state = ProfileState.from_dict(stored.data)
-        return await complete_live_profile(self._live, state, stored.attributes or {}, self._prices)
+        now = time.monotonic()
+        known = self._decoded.get(person_id)
+        if known is not None and known[0] == stored and now - known[1] < DECODED_REUSE_S:
+            return known[2]
+        state = ProfileState.from_dict(orjson.loads(stored.data))
+        attributes = orjson.loads(stored.attributes) if stored.attributes else {}
+        live = await complete_live_profile(self._live, state, attributes, self._prices)
+        if now - self._decoded_pruned > DECODED_REUSE_S or len(self._decoded) >= DECODED_MAX:
+            # Nobody's profile stays in memory much longer than it can be reused.
+            self._decoded = {
+                person: entry for person, entry in self._decoded.items() if now - entry[1] < DECODED_REUSE_S
+            }
+            self._decoded_pruned = now
+            if len(self._decoded) >= DECODED_MAX:
+                self._decoded.clear()
+        self._decoded[person_id] = (stored, now, live)
+        return live
+
+    def forget(self, person_ids: Iterable[str]) -> None:
+        """Drops what is kept of the persons' profiles (GDPR erasure, merges)."""
+        for person_id in person_ids:
+            self._decoded.pop(person_id, None)
+            self._empty_until.pop(person_id, None)
 
     def known_empty(self, person_id: str) -> bool:
         until = self._empty_until.get(person_id)

@@ -22,7 +22,9 @@ from rapport.identity.v1 import identity_service_pb2 as identity_pb
 from rapport.profile.v1 import profile_service_pb2 as pb
 from services.common.cassandra import CassandraClient
 from services.common.clock import now_ms
+from services.common.redis import RedisClient
 from services.profile.adapters.cassandra_log import unpack_events
+from services.profile.reader import ProfileReader
 from tests.integration.conftest import ProfileHarness, profile_settings, running_profile
 from tests.support import ADMIN_KEY, REDIS_URL, STOREFRONT_KEY, bearer, error_details, private_redis, start_redis
 
@@ -521,3 +523,35 @@ async def test_a_merge_publishes_the_survivors_events_a_batch_logged_but_had_not
     entries = [json.loads(fields["e"]) for _, fields in stream]
     assert [(e["person"], e["type"]) for e in entries if e["id"] == in_flight.event_id] == [(survivor, "SIGN_UP")]
     assert [e["person"] for e in entries if e["id"] == loser_view.event_id] == [loser]
+
+
+async def test_a_reader_decodes_a_state_again_only_when_it_changed(
+    profile: ProfileHarness, unique: Callable[[str], str]
+) -> None:
+    """Decision and messaging read profiles through ProfileReader, which hands an unchanged state
+    out again as the same decoded object (decision keys its visitor facts on it)."""
+    visitor = unique("reader")
+    start = now_ms() - 10 * MINUTE_MS
+    reply = await track(profile, event(E.EVENT_TYPE_PRODUCT_VIEW, cookie(visitor), start, product=product("P1", 180)))
+    person_id = reply.results[0].person_id
+    redis = RedisClient(REDIS_URL, profile.settings.redis_prefix)
+    reader = ProfileReader(redis, f"127.0.0.1:{profile.running.port}", ADMIN_KEY)
+    try:
+        first = await reader.read(person_id)
+        assert first is not None and first.state.session is not None
+        assert first.state.session.product_sequence == ["P1"]
+        assert await reader.read(person_id) is first
+
+        await track(profile, event(E.EVENT_TYPE_PRODUCT_VIEW, cookie(visitor), start + 1000, product=product("P2", 90)))
+        changed = await reader.read(person_id)
+        assert changed is not first and changed is not None and changed.state.session is not None
+        assert changed.state.session.product_sequence == ["P1", "P2"]
+
+        reader.forget([person_id])  # an erasure or merge announced: nothing of it is kept
+        assert await reader.read(person_id) is not changed
+
+        await profile.call("ForgetPerson", pb.ForgetPersonRequest(person=by_cookie(visitor)))
+        assert await reader.read(person_id) is None
+    finally:
+        await reader.close()
+        await redis.close()

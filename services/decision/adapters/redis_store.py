@@ -11,7 +11,7 @@ from typing import Any
 import structlog
 from redis.exceptions import RedisError, WatchError
 
-from services.common.redis import RedisClient
+from services.common.redis import Command, RedisClient
 from services.decision.domain import recent_decisions
 from services.decision.domain.recent_decisions import RecordedDecision
 
@@ -28,6 +28,7 @@ class DecisionStore:
     def __init__(self, client: RedisClient) -> None:
         # redis-py types every reply as bytes | str; the client decodes, so replies are str.
         self._redis: Any = client.redis
+        self._pipelined = client.pipelined
         prefix = f"{client.prefix}decision:"
         self._catalog = prefix + "catalog"
         self._stock = prefix + "stock"
@@ -194,19 +195,25 @@ class DecisionStore:
         by_person: dict[str, list[bytes]] = {}
         for person_id, entry in batch:
             by_person.setdefault(person_id, []).append(entry)
+        commands: list[Command] = [
+            ("HINCRBY", self._experiment_prefix + experiment_id, f"{arm}:exposures", count)
+            for (experiment_id, arm), count in exposures.items()
+        ]
+        for person_id, entries in by_person.items():
+            key = self._recent_prefix + person_id
+            commands += [
+                ("LPUSH", key, *entries),  # oldest first in, so the newest ends at the head
+                ("LTRIM", key, 0, recent_decisions.KEPT_PER_PERSON - 1),
+                ("EXPIRE", key, recent_decisions.KEPT_FOR_S),
+            ]
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for (experiment_id, arm), count in exposures.items():
-                    pipe.hincrby(self._experiment_prefix + experiment_id, f"{arm}:exposures", count)
-                for person_id, entries in by_person.items():
-                    key = self._recent_prefix + person_id
-                    pipe.lpush(key, *entries)  # oldest first in, so the newest ends at the head
-                    pipe.ltrim(key, 0, recent_decisions.KEPT_PER_PERSON - 1)
-                    pipe.expire(key, recent_decisions.KEPT_FOR_S)
-                await pipe.execute()
+            replies = await self._pipelined.execute_many(commands)
         except RedisError as error:
             log.debug("decisions_not_remembered", count=len(batch), error=type(error).__name__)
             return 0
+        failed = [reply for reply in replies if isinstance(reply, RedisError)]
+        if failed:
+            log.warning("decisions_not_remembered", count=len(batch), error=str(failed[0]))
         return len(batch)
 
     async def recent_decisions(self, person_id: str, limit: int) -> list[RecordedDecision]:

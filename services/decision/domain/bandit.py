@@ -157,9 +157,17 @@ def posteriors(
 
 
 def thompson_pick(beliefs: tuple[FloatArray, FloatArray], rng: np.random.Generator) -> int:
-    """The position of the arm whose draw from its Beta posterior is highest."""
+    """The position of the arm whose draw from its Beta posterior is highest (the first on a tie).
+
+    One scalar draw per arm: for the three or four arms of a policy, numpy's array call spends
+    more on checking its arguments than on drawing."""
     alphas, betas = beliefs
-    return int(np.argmax(rng.beta(alphas, betas)))
+    best, best_draw = 0, -1.0
+    for position, (alpha, beta) in enumerate(zip(alphas.tolist(), betas.tolist(), strict=True)):
+        draw = rng.beta(alpha, beta)
+        if draw > best_draw:
+            best, best_draw = position, draw
+    return best
 
 
 def hierarchical_prior(

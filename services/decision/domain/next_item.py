@@ -323,7 +323,10 @@ class NextItemRecommender(Generic[Item]):
                 parts.append(_scaled((query_items, query_weights), settings.repeat_weight))
             candidates, scores = _sum_by_item(parts)
         if excluded and candidates.size:
-            keep = ~np.isin(candidates, excluded)
+            in_excluded = self._in_query  # the scratch mask, free between queries
+            in_excluded[excluded] = True
+            keep = ~in_excluded[candidates]
+            in_excluded[excluded] = False
             candidates, scores = candidates[keep], scores[keep]
         order = _top(scores, candidates, count)
         ranked = [(self._items[int(candidates[position])], float(scores[position])) for position in order]
@@ -348,17 +351,16 @@ class NextItemRecommender(Generic[Item]):
         sample_size = self.settings.sample_size
         capacity = self.settings.max_sessions
         seq_parts: list[IntArray] = []
-        weight_parts: list[FloatArray] = []
-        for index, weight in zip(query_items.tolist(), query_weights.tolist(), strict=True):
+        part_lengths: list[int] = []
+        for index in query_items.tolist():
             length = self._posting_lengths[index]
-            if length:
-                seqs = self._postings[index][max(0, length - sample_size) : length]
-                seq_parts.append(seqs)
-                weight_parts.append(np.full(len(seqs), weight))
-        if not seq_parts:
+            seqs = self._postings[index][max(0, length - sample_size) : length]
+            seq_parts.append(seqs)
+            part_lengths.append(len(seqs))
+        if not any(part_lengths):
             return _EMPTY_INTS, _EMPTY_FLOATS
         seqs = np.concatenate(seq_parts)
-        weights = np.concatenate(weight_parts)
+        weights = query_weights.repeat(part_lengths)
         alive = self._slot_seq[seqs % capacity] == seqs
         if own_seq is not None:
             alive &= seqs != own_seq
@@ -366,7 +368,7 @@ class NextItemRecommender(Generic[Item]):
             seqs, weights = seqs[alive], weights[alive]
         if not seqs.size:
             return _EMPTY_INTS, _EMPTY_FLOATS
-        sessions, owner = np.unique(seqs, return_inverse=True)
+        sessions, owner = _unique_with_inverse(seqs)
         if len(sessions) > sample_size:
             # Sequence numbers grow with time: the sample is the newest `sample_size` candidates.
             first = len(sessions) - sample_size
@@ -392,7 +394,7 @@ class NextItemRecommender(Generic[Item]):
         anchor = np.max(np.where(shared, positions, 0), axis=1)
         nearness = np.exp(-np.abs(positions - anchor[:, None]) / decay)
         valid = items != NO_ITEM
-        candidates, voter = np.unique(items[valid], return_inverse=True)
+        candidates, voter = _unique_with_inverse(items[valid])
         votes = (vote[:, None] * nearness)[valid]
         scores = np.asarray(np.bincount(voter, weights=votes, minlength=len(candidates)), dtype=np.float64)
         candidates = candidates.astype(np.int64)
@@ -454,10 +456,23 @@ def _sum_by_item(parts: Sequence[tuple[IntArray, FloatArray]]) -> tuple[IntArray
         return _EMPTY_INTS, _EMPTY_FLOATS
     if len(parts) == 1:
         return parts[0]
-    items, owner = np.unique(np.concatenate([part[0] for part in parts]), return_inverse=True)
+    items, owner = _unique_with_inverse(np.concatenate([part[0] for part in parts]))
     weights = np.concatenate([part[1] for part in parts])
     scores = np.asarray(np.bincount(owner, weights=weights, minlength=len(items)), dtype=np.float64)
     return items.astype(np.int64), scores
+
+
+def _unique_with_inverse(values: npt.NDArray[np.integer]) -> tuple[IntArray, IntArray]:
+    """`np.unique(values, return_inverse=True)` for a 1-d integer array, without its generic
+    checks, which cost more than the work on the few hundred values of a query."""
+    order = values.argsort(kind="stable")
+    ordered = values[order]
+    starts = np.empty(len(ordered), dtype=bool)
+    starts[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=starts[1:])
+    inverse = np.empty(len(ordered), dtype=np.int64)
+    inverse[order] = starts.cumsum() - 1
+    return ordered[starts].astype(np.int64, copy=False), inverse
 
 
 def _top(scores: FloatArray, items: IntArray, count: int) -> IntArray:

@@ -35,7 +35,7 @@ EVENT_WEIGHTS: Mapping[str, float] = MappingProxyType({"PRODUCT_VIEW": 1.0, "ADD
 _SCAN_PER_CANDIDATE = 20
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a Decide makes about a hundred, and a frozen one costs 3x to build
 class Candidate:
     product_id: str
     score: float  # comparable within one strategy's list only; `rules.blend` merges lists by rank

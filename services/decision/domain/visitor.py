@@ -5,10 +5,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import cast
 
-from services.profile.domain.traits import detect_traits
-from services.profile.domain.view import cart_view, price_band_affinities, top_affinities, vip_tier
+from services.profile.domain.traits import all_price_band_affinities, detect_traits
+from services.profile.domain.view import cart_view, top_affinities, vip_tier
 from services.profile.live import LiveProfile
+
+# A visitor's facts are reused for this long while their profile is unchanged (`visitor_of`).
+VISITOR_REUSE_MS = 5_000
+_VISITOR = "decision.visitor"
+
+# The visitor's price band is the band of most interest among their strongest category x band
+# affinities (`price_band_affinities`' default top 10).
+PRICE_BANDS_WEIGHED = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,8 +104,9 @@ def visitor_from_profile(live: LiveProfile, now_ms: int, half_life_ms: int, cart
     state = live.state
     session = state.session
     cart = cart_view(state, now_ms, cart_abandoned_after_ms)
+    band_affinities = all_price_band_affinities(state, now_ms, half_life_ms, live.bands)
     band_shares: dict[str, float] = {}
-    for affinity in price_band_affinities(state, now_ms, half_life_ms, live.bands):
+    for affinity in band_affinities[:PRICE_BANDS_WEIGHED]:
         band = affinity.key.rpartition("|")[2]
         band_shares[band] = band_shares.get(band, 0.0) + affinity.share
     last_purchase = state.recent_purchases[0] if state.recent_purchases else None
@@ -143,7 +153,23 @@ def visitor_from_profile(live: LiveProfile, now_ms: int, half_life_ms: int, cart
         brand_affinity={a.key: a.share for a in top_affinities(state.brand_affinity, now_ms, half_life_ms)},
         price_band=max(band_shares.items(), key=lambda item: item[1])[0] if band_shares else "",
         traits={
-            trait.name: trait.strength for trait in detect_traits(state, now_ms, live.bands, half_life_ms=half_life_ms)
+            trait.name: trait.strength
+            for trait in detect_traits(
+                state, now_ms, live.bands, half_life_ms=half_life_ms, band_affinities=band_affinities
+            )
         },
         attributes=dict(live.attributes),
     )
+
+
+def visitor_of(live: LiveProfile, now_ms: int, half_life_ms: int, cart_abandoned_after_ms: int) -> Visitor:
+    """`visitor_from_profile`, computed once per profile read anew: the profile reader hands the
+    same profile out again while the person's state is unchanged (a page's placements), and the
+    facts computed at most VISITOR_REUSE_MS ago come with it. That is well below every span of
+    time the facts depend on (a cart is abandoned after minutes; affinities halve over days)."""
+    known = live.derived.get(_VISITOR)
+    if known is not None and 0 <= now_ms - known[0] < VISITOR_REUSE_MS:
+        return cast(Visitor, known[1])
+    visitor = visitor_from_profile(live, now_ms, half_life_ms, cart_abandoned_after_ms)
+    live.derived[_VISITOR] = (now_ms, visitor)
+    return visitor

@@ -100,8 +100,7 @@ class SmtpSender:
             if not client.supports_extension("smtputf8"):
                 raise SendError("a non-ASCII address and a server without SMTPUTF8", permanent=True)
             mail_options.append("SMTPUTF8")
-        # Dot-stuffing and CRLF line ends, as aiosmtplib's own DATA command prepares them.
-        body = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(message.data))
+        body = wire_body(message.data)
         await client.mail(sender, options=mail_options, encoding="utf-8" if utf8 else "ascii")
         for recipient in recipients:
             await client.rcpt(recipient, encoding="utf-8" if utf8 else "ascii")
@@ -126,6 +125,19 @@ class SmtpSender:
     async def close(self) -> None:
         while not self._idle.empty():
             await _close(self._idle.get_nowait())
+
+
+def wire_body(data: bytes) -> bytes:
+    """A message as DATA transmits it, the way aiosmtplib's own DATA command prepares it: CRLF
+    line ends (a lone CR or LF becomes CRLF), a final CRLF, and dot-stuffing (RFC 5321 4.5.2).
+    Composed messages have CRLF line ends already: that is checked by counting, and only a message
+    that fails the check goes through aiosmtplib's regular expressions (which cost a few per cent
+    of a send's CPU on every message)."""
+    line_ends = data.count(b"\r\n")
+    if data.count(b"\r") != line_ends or data.count(b"\n") != line_ends or not data.endswith(b"\r\n"):
+        return PERIOD_REGEX.sub(b"..", normalize_message_line_endings(data))
+    stuffed = data.replace(b"\n.", b"\n..")
+    return b"." + stuffed if stuffed.startswith(b".") else stuffed
 
 
 async def _close(client: aiosmtplib.SMTP | None) -> None:

@@ -9,6 +9,10 @@
   same transaction that records its outcome; a sender killed mid-send leaves its entry pending,
   and another sender (or its restart) claims it after `claim_idle_ms`.
 - A `done` marker per delivery makes a redelivered entry whose send had completed a no-op.
+- A sender takes an entry in one script (`take_send`): the working copy, the done marker, a lease
+  on the delivery, the entry's existence, a previous holder's hand-over record and the person's
+  cap counters, in one round trip; the outcome script acknowledges the entry and gives the lease
+  back in another. With the hand-over record, that is three round trips per email.
 - An erasure deletes a person's working copies; an outcome recorded after that (a send that
   was in flight) only acknowledges its entry and writes nothing back.
 
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -71,36 +75,89 @@ return #due
 """
 
 
+# A sender taking an entry, in one step. Nothing left to do (the copy erased or expired, or the
+# send completed before an acknowledgement was lost): the entry is acknowledged. Another sender
+# holds the delivery's lease (an entry claimed from a slow, not dead, replica): nothing, the entry
+# stays pending. The entry is gone (the lease's previous holder finished or rescheduled it): the
+# lease is given back. Else the lease is this sender's, and the reply carries what the send needs
+# from Redis: the copy, the hand-over record a previous holder left, and the person's sent count on
+# the channel for each local day given (counters named as `daily_cap_key` names them).
+_TAKE = """
+-- KEYS[1] working copy, KEYS[2] done marker, KEYS[3] lease, KEYS[4] send stream,
+-- KEYS[5] hand-over record; ARGV[1] group, ARGV[2] entry id, ARGV[3] lease owner, ARGV[4] lease ms,
+-- ARGV[5] cap counter prefix, ARGV[6..] local days (ISO)
+local copy = redis.call('GET', KEYS[1])
+if not copy or redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('XACK', KEYS[4], ARGV[1], ARGV[2])
+  redis.call('XDEL', KEYS[4], ARGV[2])
+  return {'handled'}
+end
+if not redis.call('SET', KEYS[3], ARGV[3], 'NX', 'PX', ARGV[4]) then return {'busy'} end
+if #redis.call('XRANGE', KEYS[4], ARGV[2], ARGV[2]) == 0 then
+  redis.call('DEL', KEYS[3])
+  return {'gone'}
+end
+local delivery = cjson.decode(copy)
+local reply = {'taken', copy, redis.call('GET', KEYS[5]) or ''}
+for i = 6, #ARGV do
+  local counter = ARGV[5] .. delivery.person_id .. ':' .. delivery.channel .. ':' .. ARGV[i]
+  reply[#reply + 1] = redis.call('GET', counter) or '0'
+end
+return reply
+"""
+
+# What every outcome script starts with: the entry acknowledged (and deleted), and the lease given
+# back when its owner is named (ARGV[1]; the lease key is the last of KEYS).
+_ACK_AND_RELEASE = """
+redis.call('XACK', KEYS[1], ARGV[2], ARGV[3])
+redis.call('XDEL', KEYS[1], ARGV[3])
+if ARGV[1] ~= '' and redis.call('GET', KEYS[#KEYS]) == ARGV[1] then redis.call('DEL', KEYS[#KEYS]) end
+"""
+
+_ACK = (
+    """
+-- KEYS[1] send stream, KEYS[2] lease; ARGV[1] lease owner or '', ARGV[2] group, ARGV[3] entry id
+"""
+    + _ACK_AND_RELEASE
+)
+
 # The outcome of a send: the entry is acknowledged (and deleted) in every case; the working copy,
 # the done marker and the day's cap count are written only if the copy still exists, so a person
 # erased while their message was in flight stays erased.
-_FINISH = """
--- KEYS[1] working copy, KEYS[2] done marker, KEYS[3] cap counter, KEYS[4] send stream;
--- ARGV[1] copy, ARGV[2] ttl, ARGV[3] '1' = sent, ARGV[4] '1' = counts toward the cap,
--- ARGV[5] cap counter ttl, ARGV[6] group, ARGV[7] entry id
-redis.call('XACK', KEYS[4], ARGV[6], ARGV[7])
-redis.call('XDEL', KEYS[4], ARGV[7])
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-if ARGV[3] == '1' then redis.call('SET', KEYS[2], '1', 'EX', ARGV[2]) end
-if ARGV[4] == '1' then
-  redis.call('INCR', KEYS[3])
-  redis.call('EXPIRE', KEYS[3], ARGV[5])
+_FINISH = (
+    """
+-- KEYS[1] send stream, KEYS[2] working copy, KEYS[3] done marker, KEYS[4] cap counter, KEYS[5] lease;
+-- ARGV[1] lease owner or '', ARGV[2] group, ARGV[3] entry id, ARGV[4] copy, ARGV[5] ttl,
+-- ARGV[6] '1' = sent, ARGV[7] '1' = counts toward the cap, ARGV[8] cap counter ttl
+"""
+    + _ACK_AND_RELEASE
+    + """
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[5])
+if ARGV[6] == '1' then redis.call('SET', KEYS[3], '1', 'EX', ARGV[5]) end
+if ARGV[7] == '1' then
+  redis.call('INCR', KEYS[4])
+  redis.call('EXPIRE', KEYS[4], ARGV[8])
 end
 return 1
 """
+)
 
 # A delivery back to the due set (retry, deferral), unless erased meanwhile; the entry is acknowledged.
-_REQUEUE = """
--- KEYS[1] working copy, KEYS[2] due set, KEYS[3] send stream;
--- ARGV[1] copy, ARGV[2] ttl, ARGV[3] delivery id, ARGV[4] due ms, ARGV[5] group, ARGV[6] entry id
-redis.call('XACK', KEYS[3], ARGV[5], ARGV[6])
-redis.call('XDEL', KEYS[3], ARGV[6])
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+_REQUEUE = (
+    """
+-- KEYS[1] send stream, KEYS[2] working copy, KEYS[3] due set, KEYS[4] lease;
+-- ARGV[1] lease owner or '', ARGV[2] group, ARGV[3] entry id, ARGV[4] copy, ARGV[5] ttl,
+-- ARGV[6] delivery id, ARGV[7] due ms
+"""
+    + _ACK_AND_RELEASE
+    + """
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[5])
+redis.call('ZADD', KEYS[3], ARGV[7], ARGV[6])
 return 1
 """
+)
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -116,12 +173,26 @@ class HandOverRecord:
     product_ids: tuple[str, ...]
 
 
+def hand_over_from_json(text: str) -> HandOverRecord:
+    data = json.loads(text)
+    return HandOverRecord(int(data["at"]), tuple(data.get("products") or ()))
+
+
+@dataclass(frozen=True)
+class TakenSend:
+    """A send entry a sender holds the lease of, as `take_send` read it in one step."""
+
+    delivery: Delivery
+    handed: HandOverRecord | None  # what a previous holder handed to the SMTP server, unrecorded
+    sent_on: dict[str, int]  # the person's sent count on the channel, by local day (ISO) asked for
+
+
 class HandOverNote:
     """The record that an email was handed to the SMTP server, written on a connection of its own
     by a plain socket write in the same step as the email's last line (`write_now`, no await in
     between): a process killed after that step still has the kernel deliver both the line to the
     server and the record to Redis; killed before it, neither. The sender that takes a delivery
-    over reads the record (`hand_over_of`) and does not send the email again.
+    over reads the record (`take_send`) and does not send the email again.
 
     The record follows the line, so the one remaining window is between those two writes
     (microseconds): killed there, the email is sent again (a duplicate, never a loss)."""
@@ -152,7 +223,7 @@ class HandOverNote:
 
 
 def delivery_to_json(delivery: Delivery) -> str:
-    data = asdict(delivery)
+    data = dict(vars(delivery))  # its fields, in order (`asdict` copies them deeply, for nothing here)
     data["status"] = delivery.status.value
     data["product_ids"] = list(delivery.product_ids)
     return json.dumps(data, separators=(",", ":"))
@@ -183,6 +254,8 @@ class MessagingQueue:
         self._schedule = self.redis.register_script(_SCHEDULE)
         self._dispatch = self.redis.register_script(_DISPATCH)
         self._release = self.redis.register_script(_RELEASE)
+        self._take = self.redis.register_script(_TAKE)
+        self._ack = self.redis.register_script(_ACK)
         self._finish = self.redis.register_script(_FINISH)
         self._requeue = self.redis.register_script(_REQUEUE)
 
@@ -251,18 +324,8 @@ class MessagingQueue:
     async def save_copy(self, delivery: Delivery) -> None:
         await self.redis.set(self._copy_prefix + delivery.delivery_id, delivery_to_json(delivery), ex=KEY_TTL_S)
 
-    async def lease(self, delivery_id: str, owner: str, lease_ms: int) -> bool:
-        """Exclusive right to send this delivery for `lease_ms` (dies with its holder)."""
-        return bool(await self.redis.set(self._lease_prefix + delivery_id, owner, nx=True, px=lease_ms))
-
     async def release(self, delivery_id: str, owner: str) -> None:
         await self._release(keys=[self._lease_prefix + delivery_id], args=[owner])
-
-    async def entry_exists(self, entry_id: str) -> bool:
-        return bool(await self.redis.xrange(self.send_stream, entry_id, entry_id))
-
-    async def is_done(self, delivery_id: str) -> bool:
-        return bool(await self.redis.exists(self._done_prefix + delivery_id))
 
     # the send stream
     async def read_sends(self, consumer: str, count: int, block_ms: int) -> StreamEntries:
@@ -277,6 +340,32 @@ class MessagingQueue:
         )
         return [entry for entry in reply[1] if entry and entry[1]]
 
+    async def take_send(
+        self, entry_id: str, delivery_id: str, owner: str, lease_ms: int, days: Sequence[str]
+    ) -> TakenSend | None:
+        """Take an entry of the send stream for `owner`, in one round trip (see _TAKE): None
+        when there is nothing to send (erased, done, held by another sender for `lease_ms`, or
+        finished meanwhile); else the lease is the owner's until an outcome method given the
+        owner (`finish`, `requeue`, `ack_send`) or `release` gives it back, or it runs out."""
+        reply = await self._take(
+            keys=[
+                self._copy_prefix + delivery_id,
+                self._done_prefix + delivery_id,
+                self._lease_prefix + delivery_id,
+                self.send_stream,
+                self._handed_prefix + delivery_id,
+            ],
+            args=[SENDERS_GROUP, entry_id, owner, lease_ms, self._cap_prefix, *days],
+        )
+        if reply[0] != "taken":
+            return None
+        copy, handed, *counts = reply[1:]
+        return TakenSend(
+            delivery_from_json(str(copy)),
+            hand_over_from_json(str(handed)) if handed else None,
+            {day: int(count) for day, count in zip(days, counts, strict=True)},
+        )
+
     async def hand_over_note(self, delivery_id: str, at_ms: int, product_ids: Sequence[str]) -> HandOverNote:
         """A hand-over record ready to be written the moment the email's last line is (see
         HandOverNote); the caller closes it."""
@@ -290,54 +379,57 @@ class MessagingQueue:
         """The server refused the message or never answered: the delivery may be sent again."""
         await self.redis.delete(self._handed_prefix + delivery_id)
 
-    async def hand_over_of(self, delivery_id: str) -> HandOverRecord | None:
-        text = await self.redis.get(self._handed_prefix + delivery_id)
-        if not text:
-            return None
-        data = json.loads(text)
-        return HandOverRecord(int(data["at"]), tuple(data.get("products") or ()))
-
-    async def finish(self, entry_id: str, delivery: Delivery, cap_key: str | None) -> bool:
-        """Record a delivery's outcome and acknowledge its entry, atomically. False (only the
-        entry acknowledged) when the delivery was erased while it was being sent."""
+    async def finish(self, entry_id: str, delivery: Delivery, cap_key: str | None, lease_owner: str = "") -> bool:
+        """Record a delivery's outcome and acknowledge its entry, atomically, giving the lease
+        back when its owner is named. False (only the entry acknowledged) when the delivery was
+        erased while it was being sent."""
         recorded = await self._finish(
             keys=[
+                self.send_stream,
                 self._copy_prefix + delivery.delivery_id,
                 self._done_prefix + delivery.delivery_id,
                 self._cap_prefix + (cap_key or ""),
-                self.send_stream,
+                self._lease_prefix + delivery.delivery_id,
             ],
             args=[
+                lease_owner,
+                SENDERS_GROUP,
+                entry_id,
                 delivery_to_json(delivery),
                 KEY_TTL_S,
                 "1" if delivery.status is DeliveryStatus.SENT else "0",
                 "1" if cap_key is not None else "0",
                 CAP_COUNTER_TTL_S,
-                SENDERS_GROUP,
-                entry_id,
             ],
         )
         return bool(recorded)
 
-    async def ack_send(self, entry_id: str) -> None:
-        """Acknowledge (and delete) an entry whose delivery was already handled or is gone."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xack(self.send_stream, SENDERS_GROUP, entry_id)
-            pipe.xdel(self.send_stream, entry_id)
-            await pipe.execute()
+    async def ack_send(self, entry_id: str, delivery_id: str = "", lease_owner: str = "") -> None:
+        """Acknowledge (and delete) an entry whose delivery was already handled or is gone,
+        giving the delivery's lease back when its owner is named."""
+        await self._ack(
+            keys=[self.send_stream, self._lease_prefix + delivery_id], args=[lease_owner, SENDERS_GROUP, entry_id]
+        )
 
-    async def requeue(self, entry_id: str, delivery: Delivery) -> None:
+    async def requeue(self, entry_id: str, delivery: Delivery, lease_owner: str = "") -> None:
         """Put a delivery back in the due set (retry, deferral) and acknowledge its entry,
-        atomically; an erased delivery is only acknowledged."""
+        atomically, giving the lease back when its owner is named; an erased delivery is only
+        acknowledged."""
         await self._requeue(
-            keys=[self._copy_prefix + delivery.delivery_id, self.due_key, self.send_stream],
+            keys=[
+                self.send_stream,
+                self._copy_prefix + delivery.delivery_id,
+                self.due_key,
+                self._lease_prefix + delivery.delivery_id,
+            ],
             args=[
+                lease_owner,
+                SENDERS_GROUP,
+                entry_id,
                 delivery_to_json(delivery),
                 KEY_TTL_S,
                 delivery.delivery_id,
                 delivery.due_at_ms,
-                SENDERS_GROUP,
-                entry_id,
             ],
         )
 

@@ -154,6 +154,15 @@ def daily_cap_key(person_id: str, channel: Channel, day: dt.date) -> str:
     return f"{person_id}:{channel.name}:{day.isoformat()}"
 
 
+def local_days_possible(time_ms: int) -> list[dt.date]:
+    """Every calendar day someone somewhere is in at this instant (zones run from UTC-12 to
+    UTC+14): the person's local day is one of them, whatever their country. A sender reads the
+    cap counters of all of them in the step that takes a delivery, before it knows the country."""
+    first = (_instant(time_ms) - dt.timedelta(hours=12)).date()
+    last = (_instant(time_ms) + dt.timedelta(hours=14)).date()
+    return [first + dt.timedelta(days=offset) for offset in range((last - first).days + 1)]
+
+
 def daily_cap_keys_alive(person_id: str, now_ms: int) -> list[str]:
     """Every cap counter of the person that can still exist now (to erase them without a scan):
     a counter outlives its last message by `CAP_COUNTER_TTL_S`, and a local day is at most a day

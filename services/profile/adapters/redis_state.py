@@ -48,6 +48,12 @@ class StoredState:
 
 
 @dataclass(frozen=True, slots=True)
+class EncodedState:
+    data: str
+    attributes: str
+
+
+@dataclass(frozen=True, slots=True)
 class StateWrite:
     person_id: str
     expected_revision: str
@@ -59,6 +65,7 @@ class StateWrite:
 class RedisProfileState:
     def __init__(self, client: RedisClient, state_ttl_s: int) -> None:
         self._redis: aioredis.Redis = client.redis
+        self._pipelined = client.pipelined
         prefix = client.prefix
         self._state_prefix = f"{prefix}profile:state:"
         self._price_prefix = f"{prefix}profile:prices:"
@@ -73,8 +80,8 @@ class RedisProfileState:
     # ------------------------------------------------------------------ states
     async def load(self, person_ids: Sequence[str]) -> dict[str, StoredState]:
         replies: list[Any]
-        if len(person_ids) == 1:  # the readers' hot path: a plain command costs less than a pipeline
-            replies = [await self._redis.hmget(self._state_prefix + person_ids[0], "rev", "data", "attrs")]
+        if len(person_ids) == 1:  # profile's own single reads: a plain command costs less than a pipeline
+            replies = [await self._hmget_state(person_ids[0])]
         else:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for person_id in person_ids:
@@ -88,6 +95,18 @@ class RedisProfileState:
                 orjson.loads(attributes) if attributes else None,
             )
         return loaded
+
+    async def load_encoded(self, person_id: str) -> EncodedState | None:
+        """The person's state and attributes as stored (JSON), for a reader that decodes only what
+        changed since its last read; None when Redis holds no state for the person."""
+        _, data, attributes = await self._hmget_state(person_id)
+        return EncodedState(data, attributes or "") if data else None
+
+    async def _hmget_state(self, person_id: str) -> list[str | None]:
+        reply: list[str | None] = await self._pipelined.execute(
+            "HMGET", self._state_prefix + person_id, "rev", "data", "attrs"
+        )
+        return reply
 
     async def store(self, writes: Sequence[StateWrite]) -> list[bool]:
         """Compare-and-set each state; False where someone else wrote it first."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from services.profile.domain.events import CATEGORY_SEPARATOR
 from services.profile.domain.folding import FoldRules
 from services.profile.domain.state import ProfileState, SessionState
-from services.profile.domain.view import PREMIUM, PriceBands, price_band_affinities
+from services.profile.domain.view import PREMIUM, AffinityScore, PriceBands, price_band_affinities
 
 HESITATING = "hesitating"
 REVIEW_SENSITIVE = "review_sensitive"
@@ -94,13 +94,17 @@ def detect_traits(
     bands: PriceBands,
     *,
     half_life_ms: int = FoldRules().affinity_half_life_ms,
+    band_affinities: Sequence[AffinityScore] | None = None,
 ) -> list[Trait]:
-    """The traits the state shows, strongest first (ties by name, so the order is stable)."""
+    """The traits the state shows, strongest first (ties by name, so the order is stable).
+    `band_affinities`: the state's `price_band_affinities` with no limit, when the caller has them."""
+    if band_affinities is None:
+        band_affinities = all_price_band_affinities(state, now_ms, half_life_ms, bands)
     candidates = [
         _hesitating(state),
         _review_sensitive(state),
         _promo_sensitive(state),
-        _quality_seeking(state, now_ms, bands, half_life_ms),
+        _quality_seeking(band_affinities),
         _decisive_or_browsing(state),
     ]
     traits = [trait for trait in candidates if trait is not None]
@@ -226,9 +230,15 @@ def _promo_sensitive(state: ProfileState) -> Trait | None:
 
 
 # ------------------------------------------------------------------------------------- quality
-def _quality_seeking(state: ProfileState, now_ms: int, bands: PriceBands, half_life_ms: int) -> Trait | None:
-    # No limit on the ranking: the premium share is of the whole interest, not of a top 10.
-    affinities = price_band_affinities(state, now_ms, half_life_ms, bands, limit=max(1, len(state.price_affinity)))
+def all_price_band_affinities(
+    state: ProfileState, now_ms: int, half_life_ms: int, bands: PriceBands
+) -> list[AffinityScore]:
+    """Every category x band affinity of the state, strongest first (`price_band_affinities` with
+    no limit): the premium share is of the whole interest, not of a top 10."""
+    return price_band_affinities(state, now_ms, half_life_ms, bands, limit=max(1, len(state.price_affinity)))
+
+
+def _quality_seeking(affinities: Sequence[AffinityScore]) -> Trait | None:
     total = sum(affinity.score for affinity in affinities)
     premium = [affinity for affinity in affinities if affinity.key.rpartition("|")[2] == PREMIUM]
     if total < QUALITY_MIN_INTEREST or not premium:

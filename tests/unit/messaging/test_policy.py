@@ -28,6 +28,7 @@ from services.messaging.domain.policy import (
     decide_send,
     in_quiet_hours,
     local_day,
+    local_days_possible,
     next_allowed_send_ms,
     under_daily_cap,
     zone_for_country,
@@ -283,3 +284,25 @@ def test_erasure_finds_every_cap_counter_that_can_still_exist(
     assert written in alive
     assert len(alive) == len(set(alive)) == 5 * len(Channel)
     assert all(key.startswith("p1:") for key in alive)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    now_ms=st.integers(min_value=1_600_000_000_000, max_value=2_000_000_000_000),
+    country=st.sampled_from([*sorted(COUNTRY_TIME_ZONES), "", "ZZ"]),
+)
+def test_the_persons_local_day_is_among_the_days_a_sender_reads_the_caps_of(now_ms: int, country: str) -> None:
+    # A sender reads the counters of these days before it knows the person's country.
+    possible = local_days_possible(now_ms)
+    assert local_day(now_ms, country) in possible
+    assert 2 <= len(possible) <= 3
+    assert possible == sorted(set(possible))
+
+
+def test_at_utc_noon_the_day_before_and_the_day_after_are_both_somewhere() -> None:
+    assert local_days_possible(ms(2024, 3, 1, 11, 0, "UTC")) == [
+        dt.date(2024, 2, 29),
+        dt.date(2024, 3, 1),
+        dt.date(2024, 3, 2),
+    ]
+    assert local_days_possible(ms(2024, 3, 1, 0, 30, "UTC")) == [dt.date(2024, 2, 29), dt.date(2024, 3, 1)]
