@@ -4,6 +4,7 @@ Redis has no state for the person, which makes profile rebuild it from Cassandra
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable
 
@@ -47,7 +48,7 @@ class ProfileReader(PeerClient):
         self._empty_until: dict[str, float] = {}
         # person -> (the state as stored, when decoded, the profile decoded from it)
         self._decoded: dict[str, tuple[EncodedState, float, LiveProfile]] = {}
-        self._decoded_pruned = time.monotonic()
+        self._pruning: asyncio.TimerHandle | None = None
 
     async def read(self, person_id: str) -> LiveProfile | None:
         """The live profile, or None when Redis holds no state for the person.
@@ -66,16 +67,38 @@ class ProfileReader(PeerClient):
         state = ProfileState.from_dict(orjson.loads(stored.data))
         attributes = orjson.loads(stored.attributes) if stored.attributes else {}
         live = await complete_live_profile(self._live, state, attributes, self._prices)
-        if now - self._decoded_pruned > DECODED_REUSE_S or len(self._decoded) >= DECODED_MAX:
-            # Nobody's profile stays in memory much longer than it can be reused.
-            self._decoded = {
-                person: entry for person, entry in self._decoded.items() if now - entry[1] < DECODED_REUSE_S
-            }
-            self._decoded_pruned = now
+        if len(self._decoded) >= DECODED_MAX:
+            self._drop_stale_decoded()
             if len(self._decoded) >= DECODED_MAX:
                 self._decoded.clear()
         self._decoded[person_id] = (stored, now, live)
+        if self._pruning is None:
+            self._pruning = asyncio.get_running_loop().call_later(DECODED_REUSE_S, self._prune_on_time)
         return live
+
+    def _drop_stale_decoded(self) -> None:
+        now = time.monotonic()
+        self._decoded = {person: entry for person, entry in self._decoded.items() if now - entry[1] < DECODED_REUSE_S}
+
+    def _prune_on_time(self) -> None:
+        """Runs every DECODED_REUSE_S while any profile is kept, busy or idle: nobody's profile
+        stays in memory more than about twice that after it was decoded."""
+        self._drop_stale_decoded()
+        self._pruning = (
+            asyncio.get_running_loop().call_later(DECODED_REUSE_S, self._prune_on_time) if self._decoded else None
+        )
+
+    async def close(self) -> None:
+        if self._pruning is not None:
+            self._pruning.cancel()
+            self._pruning = None
+        self._decoded.clear()
+        await super().close()
+
+    @property
+    def profiles_kept(self) -> int:
+        """How many persons' decoded profiles this reader holds in memory now."""
+        return len(self._decoded)
 
     def forget(self, person_ids: Iterable[str]) -> None:
         """Drops what is kept of the persons' profiles (GDPR erasure, merges)."""

@@ -23,6 +23,7 @@ from rapport.profile.v1 import profile_service_pb2 as pb
 from services.common.cassandra import CassandraClient
 from services.common.clock import now_ms
 from services.common.redis import RedisClient
+from services.profile import reader as profile_reader
 from services.profile.adapters.cassandra_log import unpack_events
 from services.profile.reader import ProfileReader
 from tests.integration.conftest import ProfileHarness, profile_settings, running_profile
@@ -552,6 +553,28 @@ async def test_a_reader_decodes_a_state_again_only_when_it_changed(
 
         await profile.call("ForgetPerson", pb.ForgetPersonRequest(person=by_cookie(visitor)))
         assert await reader.read(person_id) is None
+    finally:
+        await reader.close()
+        await redis.close()
+
+
+async def test_a_reader_keeps_no_profile_long_after_reading_it_even_when_idle(
+    profile: ProfileHarness, unique: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(profile_reader, "DECODED_REUSE_S", 0.1)
+    visitor = unique("idle-reader")
+    reply = await track(
+        profile, event(E.EVENT_TYPE_PRODUCT_VIEW, cookie(visitor), now_ms(), product=product("P1", 180))
+    )
+    redis = RedisClient(REDIS_URL, profile.settings.redis_prefix)
+    reader = ProfileReader(redis, f"127.0.0.1:{profile.running.port}", ADMIN_KEY)
+    try:
+        assert await reader.read(reply.results[0].person_id) is not None
+        assert reader.profiles_kept == 1
+
+        await asyncio.sleep(0.35)  # no read meanwhile
+
+        assert reader.profiles_kept == 0
     finally:
         await reader.close()
         await redis.close()
