@@ -158,25 +158,10 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):  # type: ignore[misc]
         return self._decision_proto(decision)
 
     def _decision_proto(self, decision: Decision) -> pb.DecideResponse:
-        items = []
-        for candidate in decision.items:
-            card = self._product_card(candidate.product_id)
-            if card is None:
-                continue
-            item = pb.RecommendedItem()
-            item.CopyFrom(card)
-            item.strategy = STRATEGY_VALUES[candidate.strategy]
-            item.reason = candidate.reason
-            item.score = candidate.score
-            items.append(item)
-        return pb.DecideResponse(
+        response = pb.DecideResponse(
             decision_id=decision.decision_id,
             person_id=decision.person_id,
             situation=decision.situation.value if decision.situation is not None else 0,  # type: ignore[arg-type]
-            items=items,
-            message=pb.Message(
-                headline=decision.message.headline, body=decision.message.body, language=decision.language
-            ),
             segment_ids=decision.segment_ids,
             experiment_id=decision.experiment_id,
             experiment_arm=decision.arm,
@@ -185,6 +170,20 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):  # type: ignore[misc]
             degraded=bool(decision.degraded_reasons),
             degraded_reasons=decision.degraded_reasons,
         )
+        response.message.headline = decision.message.headline
+        response.message.body = decision.message.body
+        response.message.language = decision.language
+        add_item = response.items.add  # filled in place: building items apart copies each twice
+        for candidate in decision.items:
+            card = self._product_card(candidate.product_id)
+            if card is None:
+                continue
+            item = add_item()
+            item.CopyFrom(card)
+            item.strategy = STRATEGY_VALUES[candidate.strategy]
+            item.reason = candidate.reason
+            item.score = candidate.score
+        return response
 
     def _product_card(self, product_id: str) -> pb.RecommendedItem | None:
         """The product's fields of a recommended item, built once per version of the product (a
