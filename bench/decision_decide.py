@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import random
 import secrets
+import shutil
 import tempfile
 import time
 import uuid
@@ -72,6 +73,7 @@ def main() -> None:
     common_env = {"RAPPORT_API_KEYS": f"bench:{key}:*", "RAPPORT_REDIS_PREFIX": f"bench-decision-{run}:"}
     identity = start_service("identity", {**common_env, "RAPPORT_CASSANDRA_KEYSPACE": "bench_decision_identity"})
     servers = [identity]
+    workdir = Path(tempfile.mkdtemp(prefix="bench-decision-"))
     try:
         identity.wait_serving()
         profile = start_service(
@@ -168,8 +170,8 @@ def main() -> None:
             for index, person_id in enumerate(warm_person_ids)
         ]
         # Serialized once, each prefixed by its length: ghz sends them as they are instead of
-        # converting JSON on every call (which took a third of a core from the servers).
-        data = Path(tempfile.mkdtemp(prefix="bench-decision-")) / "requests.bin"
+        # converting JSON to protobuf on every call.
+        data = workdir / "requests.bin"
         data.write_bytes(b"".join(varint(request.ByteSize()) + request.SerializeToString() for request in requests))
         # Every replica has learnt the stream once a Decide answers with items for a product page.
         for decider in deciders:
@@ -233,6 +235,7 @@ def main() -> None:
             f"floor_ratio={decide_max.rps / check_max.rps:.2f}"
         )
     finally:
+        shutil.rmtree(workdir, ignore_errors=True)
         for server in reversed(servers):
             server.stop()
         forget_prefix(common_env["RAPPORT_REDIS_PREFIX"])

@@ -198,7 +198,8 @@ class PipelinedConnection:
     the commands in flight with redis-py's ConnectionError and the next call reconnects; a call
     that finds the connection already dead (Redis restarted) is retried once on a fresh one.
     Deadlines are the caller's (`asyncio.timeout`): a command given up on keeps its place in the
-    pipeline, and its reply is dropped when it comes.
+    pipeline, and its reply is dropped when it comes. Without one, a reply that takes longer than
+    `reply_timeout_s` raises redis-py's TimeoutError, as redis-py's socket timeout does.
     """
 
     def __init__(
@@ -285,6 +286,7 @@ class PipelinedConnection:
             if self._protocol is not None and not self._protocol.lost:
                 return self._protocol  # another call reconnected meanwhile
             loop = asyncio.get_running_loop()
+            protocol: _ReplyProtocol | None = None
             try:
                 async with asyncio.timeout(self._connect_timeout_s):
                     if self._unix_path:
@@ -297,8 +299,12 @@ class PipelinedConnection:
                         reply = await protocol.send(pack_command(setup), 1)[0]
                         if isinstance(reply, hiredis.ReplyError):
                             raise RedisConnectionError(f"Redis refused {setup[0]!s}: {reply}")
-            except (OSError, TimeoutError) as error:
-                raise RedisConnectionError(f"Error connecting to Redis: {error}") from None
+            except BaseException as error:
+                if protocol is not None and protocol.transport is not None:
+                    protocol.transport.close()
+                if isinstance(error, OSError | TimeoutError):
+                    raise RedisConnectionError(f"Error connecting to Redis: {error}") from None
+                raise
             self._protocol = protocol
             self.connections_opened += 1
             return protocol

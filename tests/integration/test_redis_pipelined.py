@@ -104,3 +104,25 @@ async def test_a_command_in_flight_when_redis_drops_the_connection_is_sent_again
 
     assert await waiting is None  # its timeout, on the new connection: no error reached the caller
     assert client.pipelined.connections_opened == 2
+
+
+async def test_a_refused_password_is_a_connection_error() -> None:
+    # The test Redis has no password: AUTH is refused, as a wrong one would be.
+    refused = PipelinedConnection(
+        REDIS_URL.replace("redis://", "redis://:wrong@"), RedisClient(REDIS_URL, "x:").metrics
+    )
+
+    with pytest.raises(RedisConnectionError, match="refused AUTH"):
+        await refused.execute("PING")
+
+
+async def test_the_database_of_the_url_is_selected(client: RedisClient) -> None:
+    key = f"{client.prefix}in-db-3"
+    other_db = PipelinedConnection(REDIS_URL.rsplit("/", 1)[0] + "/3", client.metrics)
+    try:
+        assert await other_db.execute("SET", key, "three") == "OK"
+        assert await client.pipelined.execute("GET", key) is None
+        assert await other_db.execute("GET", key) == "three"
+    finally:
+        await other_db.execute("DEL", key)
+        other_db.close()
