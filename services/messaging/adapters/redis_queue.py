@@ -107,16 +107,16 @@ return reply
 """
 
 # What every outcome script starts with: the entry acknowledged (and deleted), and the lease given
-# back when its owner is named (ARGV[1]; the lease key is the last of KEYS).
+# back if the sender still holds it (ARGV[1] the sender; the lease key is the last of KEYS).
 _ACK_AND_RELEASE = """
 redis.call('XACK', KEYS[1], ARGV[2], ARGV[3])
 redis.call('XDEL', KEYS[1], ARGV[3])
-if ARGV[1] ~= '' and redis.call('GET', KEYS[#KEYS]) == ARGV[1] then redis.call('DEL', KEYS[#KEYS]) end
+if redis.call('GET', KEYS[#KEYS]) == ARGV[1] then redis.call('DEL', KEYS[#KEYS]) end
 """
 
 _ACK = (
     """
--- KEYS[1] send stream, KEYS[2] lease; ARGV[1] lease owner or '', ARGV[2] group, ARGV[3] entry id
+-- KEYS[1] send stream, KEYS[2] lease; ARGV[1] lease owner, ARGV[2] group, ARGV[3] entry id
 """
     + _ACK_AND_RELEASE
 )
@@ -127,7 +127,7 @@ _ACK = (
 _FINISH = (
     """
 -- KEYS[1] send stream, KEYS[2] working copy, KEYS[3] done marker, KEYS[4] cap counter, KEYS[5] lease;
--- ARGV[1] lease owner or '', ARGV[2] group, ARGV[3] entry id, ARGV[4] copy, ARGV[5] ttl,
+-- ARGV[1] lease owner, ARGV[2] group, ARGV[3] entry id, ARGV[4] copy, ARGV[5] ttl,
 -- ARGV[6] '1' = sent, ARGV[7] '1' = counts toward the cap, ARGV[8] cap counter ttl
 """
     + _ACK_AND_RELEASE
@@ -147,7 +147,7 @@ return 1
 _REQUEUE = (
     """
 -- KEYS[1] send stream, KEYS[2] working copy, KEYS[3] due set, KEYS[4] lease;
--- ARGV[1] lease owner or '', ARGV[2] group, ARGV[3] entry id, ARGV[4] copy, ARGV[5] ttl,
+-- ARGV[1] lease owner, ARGV[2] group, ARGV[3] entry id, ARGV[4] copy, ARGV[5] ttl,
 -- ARGV[6] delivery id, ARGV[7] due ms
 """
     + _ACK_AND_RELEASE
@@ -345,8 +345,8 @@ class MessagingQueue:
     ) -> TakenSend | None:
         """Take an entry of the send stream for `owner`, in one round trip (see _TAKE): None
         when there is nothing to send (erased, done, held by another sender for `lease_ms`, or
-        finished meanwhile); else the lease is the owner's until an outcome method given the
-        owner (`finish`, `requeue`, `ack_send`) or `release` gives it back, or it runs out."""
+        finished meanwhile); else the lease is the owner's until an outcome (`finish`,
+        `requeue`, `ack_send`) or `release` gives it back, or it runs out."""
         reply = await self._take(
             keys=[
                 self._copy_prefix + delivery_id,
@@ -379,9 +379,9 @@ class MessagingQueue:
         """The server refused the message or never answered: the delivery may be sent again."""
         await self.redis.delete(self._handed_prefix + delivery_id)
 
-    async def finish(self, entry_id: str, delivery: Delivery, cap_key: str | None, lease_owner: str = "") -> bool:
-        """Record a delivery's outcome and acknowledge its entry, atomically, giving the lease
-        back when its owner is named. False (only the entry acknowledged) when the delivery was
+    async def finish(self, entry_id: str, delivery: Delivery, cap_key: str | None, lease_owner: str) -> bool:
+        """Record a delivery's outcome and acknowledge its entry, atomically, giving
+        `lease_owner`'s lease back. False (only the entry acknowledged) when the delivery was
         erased while it was being sent."""
         recorded = await self._finish(
             keys=[
@@ -404,16 +404,16 @@ class MessagingQueue:
         )
         return bool(recorded)
 
-    async def ack_send(self, entry_id: str, delivery_id: str = "", lease_owner: str = "") -> None:
-        """Acknowledge (and delete) an entry whose delivery was already handled or is gone,
-        giving the delivery's lease back when its owner is named."""
+    async def ack_send(self, entry_id: str, delivery_id: str, lease_owner: str) -> None:
+        """Acknowledge (and delete) an entry whose delivery was already handled, giving
+        `lease_owner`'s lease on it back."""
         await self._ack(
             keys=[self.send_stream, self._lease_prefix + delivery_id], args=[lease_owner, SENDERS_GROUP, entry_id]
         )
 
-    async def requeue(self, entry_id: str, delivery: Delivery, lease_owner: str = "") -> None:
+    async def requeue(self, entry_id: str, delivery: Delivery, lease_owner: str) -> None:
         """Put a delivery back in the due set (retry, deferral) and acknowledge its entry,
-        atomically, giving the lease back when its owner is named; an erased delivery is only
+        atomically, giving `lease_owner`'s lease back; an erased delivery is only
         acknowledged."""
         await self._requeue(
             keys=[
