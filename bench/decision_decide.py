@@ -26,8 +26,7 @@ from pathlib import Path
 
 import grpc
 
-from bench.identity_resolve import CHECK, ghz_spread
-from bench.support import ServiceProcess, cpu_seconds, forget_prefix, start_service
+from bench.support import CHECK, ServiceProcess, cpu_seconds, forget_prefix, ghz_spread, start_service
 from rapport.common.v1 import event_pb2
 from rapport.common.v1 import identifier_pb2 as common
 from rapport.decision.v1 import decision_service_pb2 as pb

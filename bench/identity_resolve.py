@@ -10,111 +10,18 @@ processes sharing the port, one per core).
 from __future__ import annotations
 
 import json
-import math
 import os
 import secrets
-import shutil
-import subprocess
 import time
-from collections import Counter
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import grpc
 
-from bench.support import start_service
+from bench.support import CHECK, ghz, latency_ms, start_service
 from rapport.common.v1 import identifier_pb2 as common
 from rapport.identity.v1 import identity_service_pb2 as pb
 from rapport.identity.v1 import identity_service_pb2_grpc as pb_grpc
 
-REPO = Path(__file__).resolve().parents[1]
 RESOLVE = "rapport.identity.v1.IdentityService/Resolve"
-CHECK = "grpc.health.v1.Health/Check"
-
-
-def ghz_command(address: str, call: str, key: str, data: str | Path, extra: list[str]) -> list[str]:
-    """`data`: the requests as JSON, or a file of serialized requests, each prefixed by its length
-    (a varint), which ghz sends without converting JSON on every call."""
-    binary = shutil.which("ghz") or str(REPO / ".cache/bin/ghz")
-    return [
-        binary,
-        "--insecure",
-        # One OS thread for the load generator's Go code, so it does not take both cores from
-        # the server it measures.
-        "--cpus",
-        "1",
-        "--format",
-        "json",
-        "--call",
-        call,
-        *(["-B", str(data)] if isinstance(data, Path) else ["-d", data]),
-        "--metadata",
-        json.dumps({"authorization": f"Bearer {key}"}),
-        *extra,
-        address,
-    ]
-
-
-def _report(stdout: str, stderr: str, returncode: int) -> dict[str, Any]:
-    if returncode != 0 and not stdout.strip().startswith("{"):
-        raise RuntimeError(f"ghz failed: {stderr.strip()[-500:]}")
-    report: dict[str, Any] = json.loads(stdout)
-    return report
-
-
-def ghz(address: str, call: str, key: str, data: str, extra: list[str]) -> dict[str, Any]:
-    out = subprocess.run(ghz_command(address, call, key, data, extra), capture_output=True, text=True, timeout=300)
-    return _report(out.stdout, out.stderr, out.returncode)
-
-
-@dataclass(frozen=True)
-class SpreadReport:
-    """The calls of several ghz runs at once, one per replica, as one load."""
-
-    rps: float
-    count: int
-    errors: dict[str, int]
-    latencies_ns: list[int]  # of the calls that succeeded, sorted
-
-    def latency_ms(self, percentile: float) -> float:
-        if not self.latencies_ns:
-            return float("nan")
-        rank = min(len(self.latencies_ns) - 1, max(0, math.ceil(percentile / 100 * len(self.latencies_ns)) - 1))
-        return self.latencies_ns[rank] / 1e6
-
-
-def ghz_spread(addresses: list[str], call: str, key: str, data: str | Path, extra: list[str]) -> SpreadReport:
-    """One ghz per address, all at once, with the same options (give each its share of the rate
-    and concurrency): calls spread evenly over replicas, as a client's round_robin policy does."""
-    runs = [
-        subprocess.Popen(
-            ghz_command(address, call, key, data, extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        for address in addresses
-    ]
-    reports = []
-    for run in runs:
-        stdout, stderr = run.communicate(timeout=300)
-        reports.append(_report(stdout, stderr, run.returncode))
-    errors: Counter[str] = Counter()
-    latencies: list[int] = []
-    for report in reports:
-        errors.update(report.get("errorDistribution") or {})
-        latencies += [detail["latency"] for detail in report.get("details") or () if detail.get("status") == "OK"]
-    return SpreadReport(
-        rps=sum(report["rps"] for report in reports),
-        count=sum(report["count"] for report in reports),
-        errors=dict(errors),
-        latencies_ns=sorted(latencies),
-    )
-
-
-def latency_ms(report: dict[str, Any], percentile: int) -> float:
-    for item in report["latencyDistribution"]:
-        if item["percentage"] == percentile:
-            return item["latency"] / 1e6
-    raise KeyError(percentile)
 
 
 def main() -> None:

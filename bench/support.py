@@ -1,15 +1,21 @@
-"""Service processes for benchmarks: start `python -m services.<name>` on a free port, wait for
-SERVING, stop gracefully. Logs go to a temporary file whose path is printed on failure."""
+"""What the benchmarks share. Service processes: start `python -m services.<name>` on a free
+port, wait for SERVING, stop gracefully; logs go to a temporary file whose path is printed on
+failure. The load generator: ghz, one run or one per replica at once."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import shutil
 import socket
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import redis
@@ -101,3 +107,91 @@ def cpu_seconds(servers: list[ServiceProcess]) -> float:
         fields = Path(f"/proc/{server.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
         total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
     return total / ticks_per_s
+
+
+# ---------------------------------------------------------------------------- ghz, the load generator
+CHECK = "grpc.health.v1.Health/Check"
+
+
+def ghz_command(address: str, call: str, key: str, data: str | Path, extra: list[str]) -> list[str]:
+    """`data`: the requests as JSON, or a file of serialized requests, each prefixed by its length
+    (a varint), which ghz sends without converting JSON on every call."""
+    binary = shutil.which("ghz") or str(REPO / ".cache/bin/ghz")
+    return [
+        binary,
+        "--insecure",
+        # One OS thread for the load generator's Go code, so it does not take both cores from
+        # the server it measures.
+        "--cpus",
+        "1",
+        "--format",
+        "json",
+        "--call",
+        call,
+        *(["-B", str(data)] if isinstance(data, Path) else ["-d", data]),
+        "--metadata",
+        json.dumps({"authorization": f"Bearer {key}"}),
+        *extra,
+        address,
+    ]
+
+
+def _report(stdout: str, stderr: str, returncode: int) -> dict[str, Any]:
+    if returncode != 0 and not stdout.strip().startswith("{"):
+        raise RuntimeError(f"ghz failed: {stderr.strip()[-500:]}")
+    report: dict[str, Any] = json.loads(stdout)
+    return report
+
+
+def ghz(address: str, call: str, key: str, data: str, extra: list[str]) -> dict[str, Any]:
+    out = subprocess.run(ghz_command(address, call, key, data, extra), capture_output=True, text=True, timeout=300)
+    return _report(out.stdout, out.stderr, out.returncode)
+
+
+@dataclass(frozen=True)
+class SpreadReport:
+    """The calls of several ghz runs at once, one per replica, as one load."""
+
+    rps: float
+    count: int
+    errors: dict[str, int]
+    latencies_ns: list[int]  # of the calls that succeeded, sorted
+
+    def latency_ms(self, percentile: float) -> float:
+        if not self.latencies_ns:
+            return float("nan")
+        rank = min(len(self.latencies_ns) - 1, max(0, math.ceil(percentile / 100 * len(self.latencies_ns)) - 1))
+        return self.latencies_ns[rank] / 1e6
+
+
+def ghz_spread(addresses: list[str], call: str, key: str, data: str | Path, extra: list[str]) -> SpreadReport:
+    """One ghz per address, all at once, with the same options (give each its share of the rate
+    and concurrency): calls spread evenly over replicas, as a client's round_robin policy does."""
+    runs = [
+        subprocess.Popen(
+            ghz_command(address, call, key, data, extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for address in addresses
+    ]
+    reports = []
+    for run in runs:
+        stdout, stderr = run.communicate(timeout=300)
+        reports.append(_report(stdout, stderr, run.returncode))
+    errors: Counter[str] = Counter()
+    latencies: list[int] = []
+    for report in reports:
+        errors.update(report.get("errorDistribution") or {})
+        latencies += [detail["latency"] for detail in report.get("details") or () if detail.get("status") == "OK"]
+    return SpreadReport(
+        rps=sum(report["rps"] for report in reports),
+        count=sum(report["count"] for report in reports),
+        errors=dict(errors),
+        latencies_ns=sorted(latencies),
+    )
+
+
+def latency_ms(report: dict[str, Any], percentile: int) -> float:
+    for item in report["latencyDistribution"]:
+        if item["percentage"] == percentile:
+            return item["latency"] / 1e6
+    raise KeyError(percentile)
