@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import secrets
 import shutil
@@ -12,7 +13,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -265,3 +266,30 @@ class OtlpReceiver:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+def wait_until(check: Callable[[], Any], within_s: float, what: str, every_s: float = 0.2) -> Any:
+    """Calls `check` every `every_s` until it returns something true, and returns that; fails the
+    test, naming `what`, after `within_s` (for tests that drive processes from a thread)."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {within_s} s waiting for {what}")
+
+
+async def wait_for(
+    check: Callable[[], Any], within_s: float = 20.0, what: str = "the condition", every_s: float = 0.2
+) -> Any:
+    """`wait_until` on the event loop: `check` may return an awaitable, which is awaited."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        found = check()
+        if inspect.isawaitable(found):
+            found = await found
+        if found:
+            return found
+        await asyncio.sleep(every_s)
+    raise AssertionError(f"timed out after {within_s} s waiting for {what}")

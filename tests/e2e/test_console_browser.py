@@ -35,7 +35,7 @@ from rapport.profile.v1 import profile_service_pb2 as profile_pb
 from rapport.profile.v1 import profile_service_pb2_grpc as profile_grpc
 from services.common.cassandra import CassandraClient
 from tests.e2e.conftest import ServiceProcess, start_service
-from tests.support import ADMIN_KEY, API_KEYS, REPO, SmtpReceiver, bearer, free_port
+from tests.support import ADMIN_KEY, API_KEYS, REPO, SmtpReceiver, bearer, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -167,16 +167,6 @@ def stack(
             if service.process.poll() is None:
                 service.terminate()
         smtp.stop()
-
-
-def wait_until(check: Any, within_s: float, what: str) -> Any:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")

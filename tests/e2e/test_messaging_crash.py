@@ -20,18 +20,9 @@ from rapport.profile.v1 import profile_service_pb2 as profile_pb
 from rapport.profile.v1 import profile_service_pb2_grpc as profile_grpc
 from services.common.cassandra import CassandraClient
 from tests.e2e.conftest import start_service
-from tests.support import ADMIN_KEY, SmtpReceiver, bearer
+from tests.support import ADMIN_KEY, SmtpReceiver, bearer, wait_until
 
 pytestmark = pytest.mark.e2e
-
-
-def wait_until(check: object, within_s: float, what: str) -> None:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.parametrize(
@@ -118,9 +109,9 @@ def test_messaging_killed_mid_send_delivers_the_abandoned_cart_email_exactly_onc
                 )
                 profiles.Track(profile_pb.TrackRequest(event=event), metadata=bearer(ADMIN_KEY))
             if held_after_data:
-                wait_until(lambda: len(smtp.to(email)) == 1, 30, "the server to keep the message")
+                wait_until(lambda: len(smtp.to(email)) == 1, 30, "the server to keep the message", every_s=0.1)
             else:
-                wait_until(lambda: smtp.rcpt_seen >= 1, 30, "the send to start")
+                wait_until(lambda: smtp.rcpt_seen >= 1, 30, "the send to start", every_s=0.1)
             messaging.process.kill()
             messaging.process.wait(10)
             assert len(smtp.to(email)) == (1 if held_after_data else 0)
@@ -128,7 +119,7 @@ def test_messaging_killed_mid_send_delivers_the_abandoned_cart_email_exactly_onc
             smtp.data_reply_delay_s = 0.0
         messaging = start_service("messaging", tmp_path, messaging_env)
         services.append(messaging)
-        wait_until(lambda: len(smtp.to(email)) >= 1, 30, "the email after the restart")
+        wait_until(lambda: len(smtp.to(email)) >= 1, 30, "the email after the restart", every_s=0.1)
 
         def cart_deliveries() -> list[pb.Delivery]:
             with grpc.insecure_channel(messaging.address) as channel:
@@ -140,7 +131,10 @@ def test_messaging_killed_mid_send_delivers_the_abandoned_cart_email_exactly_onc
 
         # The restarted process takes the delivery over once the killed one's lease has run out.
         wait_until(
-            lambda: [d.status for d in cart_deliveries()] == [pb.DELIVERY_STATUS_SENT], 30, "the delivery recorded sent"
+            lambda: [d.status for d in cart_deliveries()] == [pb.DELIVERY_STATUS_SENT],
+            30,
+            "the delivery recorded sent",
+            every_s=0.1,
         )
         time.sleep(3.0)  # a duplicate would arrive in this time
         assert len(smtp.to(email)) == 1

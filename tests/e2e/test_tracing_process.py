@@ -7,9 +7,7 @@ through, and a replica flushes its spans when it stops."""
 from __future__ import annotations
 
 import secrets
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -22,7 +20,7 @@ from rapport.identity.v1 import identity_service_pb2 as identity_pb
 from rapport.identity.v1 import identity_service_pb2_grpc as identity_grpc
 from services.common.cassandra import CassandraClient
 from tests.e2e.conftest import ServiceProcess, start_service
-from tests.support import ADMIN_KEY, OtlpReceiver, ReceivedSpan, bearer
+from tests.support import ADMIN_KEY, OtlpReceiver, ReceivedSpan, bearer, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -36,16 +34,6 @@ def storefront_traceparent() -> tuple[str, str, str]:
     """(header, trace id, span id) of a storefront's sampled client span."""
     trace_id, span_id = secrets.token_hex(16), secrets.token_hex(8)
     return f"00-{trace_id}-{span_id}-01", trace_id, span_id
-
-
-def wait_for(find: Callable[[], list[ReceivedSpan]], what: str, within_s: float = 20.0) -> list[ReceivedSpan]:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        found = find()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"no {what} reached the OTLP receiver within {within_s} s")
 
 
 def one(spans: list[ReceivedSpan], service: str, name: str, kind: str) -> ReceivedSpan:
@@ -116,13 +104,15 @@ def test_a_decide_by_identifier_is_one_trace_across_decision_identity_and_profil
             }
             return spans if wanted <= names else []
 
-        wait_for(peers_spans, "span of identity and profile in the storefront's trace")
+        wait_until(peers_spans, 20.0, "the spans of identity and profile in the storefront's trace", every_s=0.1)
         assert not [span for span in receiver.of_trace(trace_id) if span.service == "rapport-decision"]
         assert decision.terminate() == 0
         services.remove(decision)
-        wait_for(
+        wait_until(
             lambda: [s for s in receiver.of_trace(trace_id) if s.service == "rapport-decision"],
-            "span of decision after its graceful stop",
+            20.0,
+            "the span of decision after its graceful stop",
+            every_s=0.1,
         )
         spans = receiver.of_trace(trace_id)
 
@@ -157,9 +147,11 @@ def test_a_decide_by_identifier_is_one_trace_across_decision_identity_and_profil
         # identity span's parent is the storefront's own span.
         traceparent, trace_id, storefront_span = storefront_traceparent()
         decide(passing_through, visitor, traceparent)
-        [resolve] = wait_for(
+        [resolve] = wait_until(
             lambda: [s for s in receiver.of_trace(trace_id) if s.name == BATCH_RESOLVE],
-            "identity span behind a decision replica without an endpoint",
+            20.0,
+            "the identity span behind a decision replica without an endpoint",
+            every_s=0.1,
         )
         assert resolve.parent_span_id == storefront_span
         assert resolve.service == "rapport-identity"

@@ -3,7 +3,6 @@ storefront visit, catalog rules, segments, feedback and experiments, bad input, 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
 import time
@@ -24,7 +23,7 @@ from tests.integration.conftest import (
     decision_settings,
     running_decision,
 )
-from tests.support import STOREFRONT_KEY, error_details, private_redis, scrape_metrics
+from tests.support import STOREFRONT_KEY, error_details, private_redis, scrape_metrics, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -98,15 +97,6 @@ async def shop(decision: DecisionHarness) -> dict[str, tuple[str, ...]]:  # prod
     reply = await decision.call("ImportCatalog", pb.ImportCatalogRequest(products=items))
     assert reply.imported_count == len(items) and not reply.rejected
     return products
-
-
-async def wait_until(condition: Any, within_s: float = 5.0) -> None:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if await condition():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError("condition never held")
 
 
 async def test_storefront_visit_changes_situation_and_message(
@@ -228,7 +218,7 @@ async def test_learns_next_item_from_the_event_stream(
         )
         return any(item.product_id == then and item.strategy == pb.STRATEGY_SESSION_NEXT_ITEM for item in reply.items)
 
-    await wait_until(next_item_learned)
+    await wait_for(next_item_learned, within_s=5.0, every_s=0.1)
 
 
 async def test_stock_changes_reach_answers(decision: DecisionHarness, shop: dict[str, tuple[str, ...]]) -> None:
@@ -361,7 +351,7 @@ async def test_feedback_counts_once_and_experiments_report_per_arm(
         report = await decision.call("GetExperimentReport", pb.GetExperimentReportRequest(experiment_id=experiment_id))
         return sum(arm.exposures for arm in report.arms) == 40
 
-    await wait_until(exposures_counted)
+    await wait_for(exposures_counted, within_s=5.0, every_s=0.1)
     report = await decision.call("GetExperimentReport", pb.GetExperimentReportRequest(experiment_id=experiment_id))
     by_arm = {arm.arm: arm for arm in report.arms}
     assert by_arm["holdout"].conversions == 0
@@ -420,7 +410,7 @@ async def test_without_redis_decide_answers_degraded_from_memory(
                 )
                 return [item.product_id for item in reply.items][:1] == ["o-0"]
 
-            await wait_until(learned)
+            await wait_for(learned, within_s=5.0, every_s=0.1)
             process.terminate()
             process.wait(10)
             started = time.monotonic()
@@ -469,7 +459,7 @@ async def test_a_frozen_redis_costs_the_answer_its_freshness_not_its_deadline(
             assert len(reply.items) == 2  # the catalog's newest, from memory
             assert elapsed < 0.25
             # Redis back: the next answers are whole again.
-            await wait_until(lambda: _not_degraded(harness, person), within_s=10.0)
+            await wait_for(lambda: _not_degraded(harness, person), within_s=10.0, every_s=0.1)
 
 
 async def _not_degraded(harness: DecisionHarness, person: str) -> bool:
@@ -505,7 +495,7 @@ async def test_latest_decisions_are_kept_per_person_with_their_reasons(
         listed = await decision.call("ListDecisions", pb.ListDecisionsRequest(person_id=first.person_id))
         return len(listed.decisions) == 2
 
-    await wait_until(both_kept)
+    await wait_for(both_kept, within_s=5.0, every_s=0.1)
     listed = await decision.call("ListDecisions", pb.ListDecisionsRequest(person_id=first.person_id))
     newest, oldest = listed.decisions
     assert (newest.decision_id, oldest.decision_id) == (second.decision_id, first.decision_id)  # newest first
@@ -538,7 +528,7 @@ async def test_latest_decisions_are_kept_per_person_with_their_reasons(
             listed = await decision.call("ListDecisions", pb.ListDecisionsRequest(person_id=first.person_id))
             return len(listed.decisions) == 20 and first.decision_id not in {d.decision_id for d in listed.decisions}
 
-        await wait_until(capped)
+        await wait_for(capped, within_s=5.0, every_s=0.1)
         assert await client.llen(key) == 20
         assert 29 * 86_400 < await client.ttl(key) <= 30 * 86_400
     finally:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import inspect
 import json
 import time
 import uuid
@@ -42,7 +41,7 @@ from tests.integration.conftest import (
     running_messaging,
     running_profile,
 )
-from tests.support import REDIS_URL, SmtpReceiver
+from tests.support import REDIS_URL, SmtpReceiver, wait_for
 
 pytestmark = pytest.mark.integration
 E = event_pb2.EventType
@@ -154,18 +153,6 @@ async def stack(
         finally:
             await stack.stop_all()
             await redis.aclose()
-
-
-async def wait_for(check: Callable[[], Any], within_s: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        result = check()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return result
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"{what}: not met in {within_s} s")
 
 
 def cookie(value: str) -> common.Identifier:

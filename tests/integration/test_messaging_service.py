@@ -7,13 +7,12 @@ from __future__ import annotations
 import asyncio
 import csv
 import hashlib
-import inspect
 import io
 import json
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -42,7 +41,7 @@ from tests.integration.conftest import (
     messaging_settings,
     running_messaging,
 )
-from tests.support import ADMIN_KEY, STOREFRONT_KEY, SmtpReceiver, bearer, error_details, scrape_metrics
+from tests.support import ADMIN_KEY, STOREFRONT_KEY, SmtpReceiver, bearer, error_details, scrape_metrics, wait_for
 
 pytestmark = pytest.mark.integration
 E = event_pb2.EventType
@@ -182,18 +181,6 @@ async def deliveries(messaging: MessagingHarness, person_id: str) -> list[pb.Del
         "ListDeliveries", pb.ListDeliveriesRequest(person=pb.PersonSelector(person_id=person_id))
     )
     return list(reply.deliveries)
-
-
-async def wait_for(check: Callable[[], Any], within_s: float = 20.0) -> Any:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        result = check()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return result
-        await asyncio.sleep(0.2)
-    raise AssertionError("condition not met in time")
 
 
 def of_kind(found: list[pb.Delivery], kind: int, channel: int = pb.CHANNEL_EMAIL) -> list[pb.Delivery]:
