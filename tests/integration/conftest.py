@@ -25,7 +25,7 @@ from services.messaging.bootstrap import build_messaging
 from services.messaging.settings import MessagingSettings
 from services.profile.bootstrap import build_profile
 from services.profile.settings import ProfileSettings
-from tests.support import ADMIN_KEY, API_KEYS, CASSANDRA_HOST, CASSANDRA_PORT, REDIS_URL, bearer
+from tests.support import ADMIN_KEY, API_KEYS, CASSANDRA_HOST, CASSANDRA_PORT, REDIS_URL, SmtpReceiver, bearer
 
 
 @dataclass
@@ -248,3 +248,11 @@ async def running_messaging(settings: MessagingSettings) -> AsyncIterator[Messag
     finally:
         await channel.close()
         await running.stop(0.5)
+
+
+@pytest.fixture(scope="module")
+def smtp() -> Any:
+    """A real SMTP server (aiosmtpd) for a module's messaging tests."""
+    receiver = SmtpReceiver().start()
+    yield receiver
+    receiver.stop()

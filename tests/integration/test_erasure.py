@@ -92,13 +92,6 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def smtp() -> Any:
-    receiver = SmtpReceiver().start()
-    yield receiver
-    receiver.stop()
-
-
-@pytest.fixture(scope="module")
 async def stack(
     identity: IdentityHarness, cassandra_admin: CassandraClient, smtp: SmtpReceiver, run_id: str
 ) -> AsyncIterator[Stack]:

@@ -76,13 +76,6 @@ class HttpReceiver:
 
 
 @pytest.fixture(scope="module")
-def smtp() -> Any:
-    receiver = SmtpReceiver().start()
-    yield receiver
-    receiver.stop()
-
-
-@pytest.fixture(scope="module")
 async def receivers() -> AsyncIterator[HttpReceiver]:
     receiver = await HttpReceiver().start()
     yield receiver
