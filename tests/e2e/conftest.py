@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from services.common.cassandra import CassandraClient
-from tests.support import API_KEYS, CASSANDRA_HOST, CASSANDRA_PORT, REDIS_URL, REPO, free_port
+from tests.support import ADMIN_KEY, API_KEYS, CASSANDRA_HOST, CASSANDRA_PORT, REDIS_URL, REPO, free_port
 
 
 @dataclass
@@ -93,3 +93,57 @@ def e2e_keyspace(cassandra_admin: CassandraClient, run_id: str) -> str:
     keyspace = f"e2e_identity_{run_id}"
     cassandra_admin.created_keyspaces.append(keyspace)  # type: ignore[attr-defined]
     return keyspace
+
+
+@dataclass
+class FourServices:
+    """identity, profile, decision and messaging as processes, each knowing the ones before it."""
+
+    identity: ServiceProcess
+    profile: ServiceProcess
+    decision: ServiceProcess
+    messaging: ServiceProcess
+    # Every service's address and key and the Redis prefix: the environment of one more peer.
+    peers: dict[str, str]
+    # What messaging was started with, to start it again.
+    messaging_env: dict[str, str]
+
+
+def start_four_services(
+    tmp_path: Path,
+    name: str,
+    run_id: str,
+    e2e_keyspace: str,
+    cassandra_admin: CassandraClient,
+    smtp_port: int,
+    services: list[ServiceProcess],
+    messaging_env: dict[str, str] | None = None,
+) -> FourServices:
+    """Starts the four services of a storefront-to-inbox test under its own Redis prefix and
+    keyspaces (`name`), messaging sending to `smtp_port`. Each is appended to `services` as it
+    starts, so the caller stops whatever started when a later one fails."""
+    keyspaces = {service: f"e2e_{name}_{service}_{run_id}" for service in ("profile", "messaging")}
+    cassandra_admin.created_keyspaces.extend(keyspaces.values())  # type: ignore[attr-defined]
+    prefix = {"RAPPORT_REDIS_PREFIX": f"e2e-{name}:{run_id}:"}
+    identity = start_service("identity", tmp_path, {"RAPPORT_CASSANDRA_KEYSPACE": e2e_keyspace, **prefix})
+    services.append(identity)
+    peers = {"RAPPORT_IDENTITY_ADDRESS": identity.address, "RAPPORT_IDENTITY_API_KEY": ADMIN_KEY, **prefix}
+    profile = start_service("profile", tmp_path, {"RAPPORT_CASSANDRA_KEYSPACE": keyspaces["profile"], **peers})
+    services.append(profile)
+    peers |= {"RAPPORT_PROFILE_ADDRESS": profile.address, "RAPPORT_PROFILE_API_KEY": ADMIN_KEY}
+    decision = start_service("decision", tmp_path, {"RAPPORT_DECISION_SECRET": f"e2e-{name}-secret", **peers})
+    services.append(decision)
+    peers |= {"RAPPORT_DECISION_ADDRESS": decision.address, "RAPPORT_DECISION_API_KEY": ADMIN_KEY}
+    messaging_env = {
+        "RAPPORT_CASSANDRA_KEYSPACE": keyspaces["messaging"],
+        "RAPPORT_MESSAGING_SECRET": f"e2e-{name}-messaging-secret",
+        "RAPPORT_MESSAGING_HTTP_PORT": "0",
+        "RAPPORT_MESSAGING_QUIET_HOURS": "false",
+        "RAPPORT_SMTP_PORT": str(smtp_port),
+        **peers,
+        **(messaging_env or {}),
+    }
+    messaging = start_service("messaging", tmp_path, messaging_env)
+    services.append(messaging)
+    peers |= {"RAPPORT_MESSAGING_ADDRESS": messaging.address, "RAPPORT_MESSAGING_API_KEY": ADMIN_KEY}
+    return FourServices(identity, profile, decision, messaging, peers, messaging_env)

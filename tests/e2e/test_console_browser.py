@@ -34,7 +34,7 @@ from rapport.messaging.v1 import messaging_service_pb2_grpc as messaging_grpc
 from rapport.profile.v1 import profile_service_pb2 as profile_pb
 from rapport.profile.v1 import profile_service_pb2_grpc as profile_grpc
 from services.common.cassandra import CassandraClient
-from tests.e2e.conftest import ServiceProcess, start_service
+from tests.e2e.conftest import ServiceProcess, start_four_services
 from tests.support import ADMIN_KEY, API_KEYS, REPO, SmtpReceiver, bearer, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -119,44 +119,19 @@ def stack(
     tmp_path_factory: pytest.TempPathFactory, e2e_keyspace: str, run_id: str, cassandra_admin: CassandraClient
 ) -> Iterator[dict[str, Any]]:
     tmp_path = tmp_path_factory.mktemp("console")
-    keyspaces = {name: f"e2e_console_{name}_{run_id}" for name in ("profile", "messaging")}
-    cassandra_admin.created_keyspaces.extend(keyspaces.values())  # type: ignore[attr-defined]
-    prefix = {"RAPPORT_REDIS_PREFIX": f"e2e-console:{run_id}:"}
     smtp = SmtpReceiver().start()
     services: list[ServiceProcess] = []
     console: subprocess.Popen[bytes] | None = None
     try:
-        identity = start_service("identity", tmp_path, {"RAPPORT_CASSANDRA_KEYSPACE": e2e_keyspace, **prefix})
-        services.append(identity)
-        peers = {"RAPPORT_IDENTITY_ADDRESS": identity.address, "RAPPORT_IDENTITY_API_KEY": ADMIN_KEY, **prefix}
-        profile = start_service("profile", tmp_path, {"RAPPORT_CASSANDRA_KEYSPACE": keyspaces["profile"], **peers})
-        services.append(profile)
-        peers |= {"RAPPORT_PROFILE_ADDRESS": profile.address, "RAPPORT_PROFILE_API_KEY": ADMIN_KEY}
-        decision = start_service("decision", tmp_path, {"RAPPORT_DECISION_SECRET": "e2e-console-secret", **peers})
-        services.append(decision)
-        peers |= {"RAPPORT_DECISION_ADDRESS": decision.address, "RAPPORT_DECISION_API_KEY": ADMIN_KEY}
-        messaging = start_service(
-            "messaging",
-            tmp_path,
-            {
-                "RAPPORT_CASSANDRA_KEYSPACE": keyspaces["messaging"],
-                "RAPPORT_MESSAGING_SECRET": "e2e-console-messaging-secret",
-                "RAPPORT_MESSAGING_HTTP_PORT": "0",
-                "RAPPORT_MESSAGING_QUIET_HOURS": "false",
-                "RAPPORT_SMTP_PORT": str(smtp.port),
-                **peers,
-            },
-        )
-        services.append(messaging)
-        peers |= {"RAPPORT_MESSAGING_ADDRESS": messaging.address, "RAPPORT_MESSAGING_API_KEY": ADMIN_KEY}
-        console, url, console_log = start_console(tmp_path, peers)
+        four = start_four_services(tmp_path, "console", run_id, e2e_keyspace, cassandra_admin, smtp.port, services)
+        console, url, console_log = start_console(tmp_path, four.peers)
         yield {
             "url": url,
             "console_log": console_log,
-            "identity": identity,
-            "profile": profile,
-            "decision": decision,
-            "messaging": messaging,
+            "identity": four.identity,
+            "profile": four.profile,
+            "decision": four.decision,
+            "messaging": four.messaging,
             "smtp": smtp,
         }
     finally:

@@ -19,7 +19,7 @@ from rapport.messaging.v1 import messaging_service_pb2_grpc as pb_grpc
 from rapport.profile.v1 import profile_service_pb2 as profile_pb
 from rapport.profile.v1 import profile_service_pb2_grpc as profile_grpc
 from services.common.cassandra import CassandraClient
-from tests.e2e.conftest import start_service
+from tests.e2e.conftest import ServiceProcess, start_four_services, start_service
 from tests.support import ADMIN_KEY, SmtpReceiver, bearer, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -39,33 +39,20 @@ def test_messaging_killed_mid_send_delivers_the_abandoned_cart_email_exactly_onc
     tmp_path: Path, e2e_keyspace: str, run_id: str, cassandra_admin: CassandraClient, kill_point: str
 ) -> None:
     held_after_data = kill_point.startswith("after")
-    keyspaces = {name: f"e2e_{name}_{run_id}" for name in ("profile", "messaging")}
-    cassandra_admin.created_keyspaces.extend(keyspaces.values())  # type: ignore[attr-defined]
-    prefix = {"RAPPORT_REDIS_PREFIX": f"e2e-messaging:{run_id}:"}
     smtp = SmtpReceiver().start()
-    services = []
+    services: list[ServiceProcess] = []
     try:
-        identity = start_service("identity", tmp_path, {"RAPPORT_CASSANDRA_KEYSPACE": e2e_keyspace, **prefix})
-        services.append(identity)
-        peers = {"RAPPORT_IDENTITY_ADDRESS": identity.address, "RAPPORT_IDENTITY_API_KEY": ADMIN_KEY, **prefix}
-        profile = start_service("profile", tmp_path, {"RAPPORT_CASSANDRA_KEYSPACE": keyspaces["profile"], **peers})
-        services.append(profile)
-        peers |= {"RAPPORT_PROFILE_ADDRESS": profile.address, "RAPPORT_PROFILE_API_KEY": ADMIN_KEY}
-        decision = start_service("decision", tmp_path, {"RAPPORT_DECISION_SECRET": "e2e-secret", **peers})
-        services.append(decision)
-        messaging_env = {
-            "RAPPORT_CASSANDRA_KEYSPACE": keyspaces["messaging"],
-            "RAPPORT_DECISION_ADDRESS": decision.address,
-            "RAPPORT_DECISION_API_KEY": ADMIN_KEY,
-            "RAPPORT_MESSAGING_SECRET": "e2e-messaging-secret",
-            "RAPPORT_MESSAGING_HTTP_PORT": "0",
-            "RAPPORT_MESSAGING_QUIET_HOURS": "false",
-            "RAPPORT_MESSAGING_CLAIM_IDLE_MS": "1500",
-            "RAPPORT_SMTP_PORT": str(smtp.port),
-            **peers,
-        }
-        messaging = start_service("messaging", tmp_path, messaging_env)
-        services.append(messaging)
+        four = start_four_services(
+            tmp_path,
+            "messaging",
+            run_id,
+            e2e_keyspace,
+            cassandra_admin,
+            smtp.port,
+            services,
+            messaging_env={"RAPPORT_MESSAGING_CLAIM_IDLE_MS": "1500"},
+        )
+        profile, messaging = four.profile, four.messaging
 
         with grpc.insecure_channel(messaging.address) as channel, grpc.insecure_channel(profile.address) as tracked:
             stub = pb_grpc.MessagingServiceStub(channel)
@@ -117,7 +104,7 @@ def test_messaging_killed_mid_send_delivers_the_abandoned_cart_email_exactly_onc
             assert len(smtp.to(email)) == (1 if held_after_data else 0)
             smtp.rcpt_delay_s = 0.0
             smtp.data_reply_delay_s = 0.0
-        messaging = start_service("messaging", tmp_path, messaging_env)
+        messaging = start_service("messaging", tmp_path, four.messaging_env)
         services.append(messaging)
         wait_until(lambda: len(smtp.to(email)) >= 1, 30, "the email after the restart", every_s=0.1)
 
