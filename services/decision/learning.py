@@ -21,6 +21,9 @@ from services.decision.domain.recommenders import EVENT_WEIGHTS, CoPurchase, Sim
 log = structlog.get_logger("rapport.decision.learning")
 
 READ_COUNT = 2000
+# Events learnt between two turns of the event loop: a full read (a replica catching up, a
+# burst) would otherwise hold every Decide waiting for ~100 ms.
+LEARN_SLICE = 100
 BLOCK_MS = 1000
 MAX_TRACKED_VISITORS = 500_000
 
@@ -150,9 +153,11 @@ class Learner:
             if stream == self._store.catalog_changes:
                 await self._apply_catalog_changes(entries)
             else:
-                for entry_id, fields in entries:
+                for position, (entry_id, fields) in enumerate(entries, 1):
                     self._learn(fields.get("e", ""))
                     self._models.stream_position = entry_id
+                    if position % LEARN_SLICE == 0:
+                        await asyncio.sleep(0)
             applied += len(entries)
         if not replies or all(len(entries) < READ_COUNT for _, entries in replies):
             self._models.caught_up = True

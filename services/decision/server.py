@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any, Protocol
 
 import grpc
+from google.rpc import code_pb2, status_pb2
 
 from rapport.common.v1 import event_pb2
 from rapport.decision.v1 import decision_service_pb2 as pb
 from rapport.decision.v1 import decision_service_pb2_grpc as pb_grpc
 from services.common import clock
-from services.common.errors import FieldViolation, InvalidArgument, NotFound
+from services.common.errors import FieldViolation, InvalidArgument, NotFound, RapportError, to_rpc_status
 from services.common.identifiers import parse_identifier, parse_person_id
 from services.decision.catalog_admin import CatalogAdmin
 from services.decision.configuration import ConfigurationAdmin, StoredExperiment, StoredPolicy, StoredSegment
@@ -24,6 +26,7 @@ from services.decision.domain.strategies import Page
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DecisionService"].full_name
 ERROR_DOMAIN = "rapport.decision"
 MAX_ITEMS = 100
+MAX_BATCH = 100
 MAX_IMPORT = 5000
 LANGUAGES = ("en", "fr")
 PRODUCT_CARDS_MAX = 200_000
@@ -34,6 +37,7 @@ SCOPE_DECIDE = "decision.decide"
 SCOPE_ADMIN = "decision.admin"
 METHOD_SCOPES = {
     f"/{SERVICE_NAME}/Decide": SCOPE_DECIDE,
+    f"/{SERVICE_NAME}/DecideBatch": SCOPE_DECIDE,
     f"/{SERVICE_NAME}/Feedback": SCOPE_DECIDE,
     **{
         f"/{SERVICE_NAME}/{method}": SCOPE_ADMIN
@@ -66,6 +70,9 @@ FEEDBACK_KINDS = {
 }
 
 
+_OK = status_pb2.Status(code=code_pb2.OK)
+
+
 def _strategy(number: int, field: str) -> Strategy:
     try:
         return Strategy(number)
@@ -94,6 +101,52 @@ def _identifier_field(value: str, field: str) -> str:
     return value
 
 
+def _decide_query(request: pb.DecideRequest, prefix: str = "") -> DecideQuery:
+    """A Decide request as the use case takes it; INVALID_ARGUMENT names every bad field (under
+    `prefix` inside a batch, e.g. `requests[3].count`)."""
+    violations: list[FieldViolation] = []
+    identifier = None
+    person_id = ""
+    which = request.WhichOneof("visitor")
+    try:
+        if which == "identifier":
+            identifier = parse_identifier(int(request.identifier.type), request.identifier.value, f"{prefix}identifier")
+        elif which == "person_id":
+            person_id = parse_person_id(request.person_id, f"{prefix}person_id")
+        else:
+            violations.append(FieldViolation(f"{prefix}visitor", "must give an identifier or a person_id"))
+    except InvalidArgument as error:
+        violations.extend(error.violations)
+    placement = PLACEMENTS.get(request.placement)
+    if placement is None:
+        violations.append(FieldViolation(f"{prefix}placement", f"unknown placement {request.placement}"))
+    if not 1 <= request.count <= MAX_ITEMS:
+        violations.append(FieldViolation(f"{prefix}count", f"must be between 1 and {MAX_ITEMS}, got {request.count}"))
+    page = request.page
+    if page.language and page.language not in LANGUAGES:
+        violations.append(FieldViolation(f"{prefix}page.language", f"must be one of {', '.join(LANGUAGES)}"))
+    if len(page.cart_product_ids) > 500:
+        violations.append(FieldViolation(f"{prefix}page.cart_product_ids", "at most 500 products"))
+    if len(page.product_id) > 200 or len(page.search_query) > 500:
+        violations.append(FieldViolation(f"{prefix}page", "product_id or search_query too long"))
+    if violations:
+        raise InvalidArgument(violations)
+    assert placement is not None
+    return DecideQuery(
+        identifier=identifier,
+        person_id=person_id,
+        placement=placement,
+        page=Page(
+            product_id=page.product_id,
+            category=category_key(page.category_path),
+            cart_product_ids=tuple(page.cart_product_ids),
+            search_query=page.search_query,
+        ),
+        count=request.count,
+        language=page.language,
+    )
+
+
 class DecisionHistory(Protocol):
     """Where each person's latest decisions are kept (adapters.redis_store.DecisionStore)."""
 
@@ -112,50 +165,37 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):  # type: ignore[misc]
 
     # ------------------------------------------------------------------ deciding
     async def Decide(self, request: pb.DecideRequest, context: grpc.aio.ServicerContext) -> pb.DecideResponse:
-        violations: list[FieldViolation] = []
-        identifier = None
-        person_id = ""
-        which = request.WhichOneof("visitor")
-        try:
-            if which == "identifier":
-                identifier = parse_identifier(int(request.identifier.type), request.identifier.value, "identifier")
-            elif which == "person_id":
-                person_id = parse_person_id(request.person_id, "person_id")
-            else:
-                violations.append(FieldViolation("visitor", "must give an identifier or a person_id"))
-        except InvalidArgument as error:
-            violations.extend(error.violations)
-        placement = PLACEMENTS.get(request.placement)
-        if placement is None:
-            violations.append(FieldViolation("placement", f"unknown placement {request.placement}"))
-        if not 1 <= request.count <= MAX_ITEMS:
-            violations.append(FieldViolation("count", f"must be between 1 and {MAX_ITEMS}, got {request.count}"))
-        page = request.page
-        if page.language and page.language not in LANGUAGES:
-            violations.append(FieldViolation("page.language", f"must be one of {', '.join(LANGUAGES)}"))
-        if len(page.cart_product_ids) > 500:
-            violations.append(FieldViolation("page.cart_product_ids", "at most 500 products"))
-        if len(page.product_id) > 200 or len(page.search_query) > 500:
-            violations.append(FieldViolation("page", "product_id or search_query too long"))
-        if violations:
-            raise InvalidArgument(violations)
-        assert placement is not None
-        decision = await self._decider.decide(
-            DecideQuery(
-                identifier=identifier,
-                person_id=person_id,
-                placement=placement,
-                page=Page(
-                    product_id=page.product_id,
-                    category=category_key(page.category_path),
-                    cart_product_ids=tuple(page.cart_product_ids),
-                    search_query=page.search_query,
-                ),
-                count=request.count,
-                language=page.language,
-            )
-        )
+        decision = await self._decider.decide(_decide_query(request))
         return self._decision_proto(decision)
+
+    async def DecideBatch(
+        self, request: pb.DecideBatchRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DecideBatchResponse:
+        if not 1 <= len(request.requests) <= MAX_BATCH:
+            raise InvalidArgument(
+                [FieldViolation("requests", f"must hold 1 to {MAX_BATCH} requests, got {len(request.requests)}")]
+            )
+        response = pb.DecideBatchResponse()
+        results = [response.results.add(index=index) for index in range(len(request.requests))]
+        queries: dict[int, DecideQuery] = {}
+        for index, one in enumerate(request.requests):
+            try:
+                queries[index] = _decide_query(one, f"requests[{index}].")
+            except InvalidArgument as error:
+                results[index].status.CopyFrom(to_rpc_status(error, ERROR_DOMAIN, ""))
+        # Together: the profile reads of the batch share their wait for Redis.
+        decided = await asyncio.gather(
+            *(self._decider.decide(query) for query in queries.values()), return_exceptions=True
+        )
+        for index, outcome in zip(queries, decided, strict=True):
+            if isinstance(outcome, RapportError):
+                results[index].status.CopyFrom(to_rpc_status(outcome, ERROR_DOMAIN, ""))
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                results[index].status.CopyFrom(_OK)
+                results[index].response.CopyFrom(self._decision_proto(outcome))
+        return response
 
     def _decision_proto(self, decision: Decision) -> pb.DecideResponse:
         response = pb.DecideResponse(

@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
 
 from rapport.common.v1 import event_pb2
 from rapport.common.v1 import identifier_pb2 as common
@@ -293,6 +294,71 @@ async def test_bad_decide_requests_name_the_field(decision: DecisionHarness, req
         await decision.call("Decide", request_)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field in [violation for violation, _ in error_details(raised.value).field_violations]
+
+
+async def test_a_batch_decides_each_request_as_decide_does_and_reports_bad_ones_apart(
+    decision: DecisionHarness, profile: ProfileHarness, shop: dict[str, tuple[str, ...]]
+) -> None:
+    sweaters = [pid for pid, path in shop.items() if path == SWEATERS]
+    browser = cookie(f"batch-{uuid.uuid4().hex}")
+    start = now_ms() - 120 * MINUTE_MS
+    await track(
+        profile,
+        event(event_pb2.EVENT_TYPE_PRODUCT_VIEW, browser, start, product=product_ref(sweaters[0], SWEATERS, 50)),
+        event(
+            event_pb2.EVENT_TYPE_ADD_TO_CART,
+            browser,
+            start + 1000,
+            product=product_ref(sweaters[0], SWEATERS, 50),
+            quantity=1,
+        ),
+    )
+    newcomer = cookie(f"batch-new-{uuid.uuid4().hex}")
+    requests = [
+        pb.DecideRequest(identifier=browser, placement=pb.PLACEMENT_EMAIL, count=4),
+        pb.DecideRequest(identifier=newcomer, placement=pb.PLACEMENT_HOME, count=0),
+        pb.DecideRequest(identifier=newcomer, placement=pb.PLACEMENT_HOME, count=3, page=pb.PageContext(language="fr")),
+        pb.DecideRequest(placement=UNKNOWN_PLACEMENT, count=3),
+    ]
+
+    reply = await decision.call("DecideBatch", pb.DecideBatchRequest(requests=requests), timeout=5.0)
+
+    assert [result.index for result in reply.results] == [0, 1, 2, 3]
+    assert [result.status.code for result in reply.results] == [0, grpc.StatusCode.INVALID_ARGUMENT.value[0], 0, 3]
+    abandoned, bad_count, welcome, bad_visitor = reply.results
+    assert abandoned.response.situation == pb.SITUATION_ABANDONED_CART
+    assert len(abandoned.response.items) == 4 and abandoned.response.decision_id
+    assert sweaters[0] not in [item.product_id for item in abandoned.response.items]
+    assert welcome.response.situation == pb.SITUATION_FIRST_VISIT
+    assert welcome.response.message.language == "fr" and len(welcome.response.items) == 3
+    assert welcome.response.decision_id != abandoned.response.decision_id
+    assert _violations(bad_count.status) == ["requests[1].count"]
+    assert _violations(bad_visitor.status) == ["requests[3].visitor", "requests[3].placement"]
+    assert not bad_count.HasField("response") and not bad_visitor.HasField("response")
+    # A decision of a batch takes feedback like any other.
+    await decision.call(
+        "Feedback",
+        pb.FeedbackRequest(decision_id=abandoned.response.decision_id, kind=pb.FEEDBACK_KIND_IMPRESSION),
+    )
+
+
+@pytest.mark.parametrize("size", [0, 101])
+async def test_a_batch_holds_one_to_a_hundred_requests(decision: DecisionHarness, size: int) -> None:
+    one = pb.DecideRequest(person_id=PERSON, placement=pb.PLACEMENT_HOME, count=2)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await decision.call("DecideBatch", pb.DecideBatchRequest(requests=[one] * size))
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [field for field, _ in error_details(raised.value).field_violations] == ["requests"]
+
+
+def _violations(status: Any) -> list[str]:
+    fields: list[str] = []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            fields += [violation.field for violation in bad.field_violations]
+    return fields
 
 
 @pytest.mark.parametrize("rule", ["visit_number >= ", "(a == 1", "a === 2", '__import__("os")', 'name == "open'])

@@ -568,7 +568,7 @@ async def test_a_send_is_a_trace_linked_to_the_call_that_fired_it(
     assert linked == [(trace_id, caller_span)]
     decide_calls = [
         span
-        for span in spans_named("rapport.decision.v1.DecisionService/Decide")
+        for span in spans_named("rapport.decision.v1.DecisionService/DecideBatch")
         if span.kind is SpanKind.CLIENT and span.parent is not None and span.parent.span_id == send.context.span_id
     ]
     assert len(decide_calls) == 1

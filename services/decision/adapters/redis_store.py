@@ -138,11 +138,15 @@ class DecisionStore:
     # ------------------------------------------------------------------ learning
     async def bandit_counts(self, keys: Sequence[str]) -> list[dict[str, float]]:
         """Per situation key: "<strategy>:t" (trials) and "<strategy>:s" (successes)."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.hgetall(self._bandit_prefix + key)
-            replies: list[dict[str, str]] = await pipe.execute()
-        return [{field: float(value) for field, value in reply.items()} for reply in replies]
+        # On Decide's path (when the replica's beliefs for the key have expired): the pipelined
+        # connection, whose HGETALL replies are flat [field, value, …] lists.
+        replies = await self._pipelined.execute_many([("HGETALL", self._bandit_prefix + key) for key in keys])
+        counts: list[dict[str, float]] = []
+        for reply in replies:
+            if isinstance(reply, RedisError):
+                raise reply
+            counts.append({reply[index]: float(reply[index + 1]) for index in range(0, len(reply), 2)})
+        return counts
 
     async def count_feedback(
         self,

@@ -1,6 +1,7 @@
-"""Messaging's calls to its peers: Decide (the products of a message, placement EMAIL) and
+"""Messaging's calls to its peers: DecideBatch (the products of messages, placement EMAIL) and
 Track (opens and clicks go back to the profile, closing the loop). Both carry the trace context of
-the work that makes them (a send, a tracked click), over TLS when the peer's CA is configured."""
+the work that makes them (a send, a tracked click; a batch, the send that opened it), over TLS
+when the peer's CA is configured."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import code_pb2
 
 from rapport.common.v1 import event_pb2, identifier_pb2
 from rapport.decision.v1 import decision_service_pb2 as decision_pb
@@ -16,9 +18,12 @@ from rapport.decision.v1 import decision_service_pb2_grpc as decision_grpc
 from rapport.profile.v1 import profile_service_pb2 as profile_pb
 from rapport.profile.v1 import profile_service_pb2_grpc as profile_grpc
 from services.common import clock, tracing
-from services.common.channels import PeerClient
+from services.common.channels import NO_CLIENT_CERTIFICATE, ClientCertificate, PeerClient
+from services.common.grouped_calls import GroupedCalls
 
-_DECIDE = f"{decision_pb.DESCRIPTOR.services_by_name['DecisionService'].full_name}/Decide"
+_DECIDE_BATCH = f"{decision_pb.DESCRIPTOR.services_by_name['DecisionService'].full_name}/DecideBatch"
+# Concurrent sends that want products at once share one DecideBatch call (up to this many).
+DECIDE_GROUP_MAX = 32
 _TRACK = f"{profile_pb.DESCRIPTOR.services_by_name['ProfileService'].full_name}/Track"
 
 
@@ -42,23 +47,37 @@ class Picks:
 
 
 class DecisionClient(PeerClient):
+    """Products for messages. The sends of a replica that want products while a DecideBatch is
+    in flight go together in the next one (services/common/grouped_calls.py): one send alone is
+    asked for at once, and a burst of sends costs the decision service a few calls instead of
+    one each."""
+
     stub_class = decision_grpc.DecisionServiceStub
     _stub: decision_grpc.DecisionServiceStub
+
+    def __init__(
+        self,
+        address: str,
+        api_key: str,
+        tls_ca_file: str = "",
+        certificate: ClientCertificate = NO_CLIENT_CERTIFICATE,
+    ) -> None:
+        super().__init__(address, api_key, tls_ca_file, certificate)
+        self._decide: GroupedCalls[decision_pb.DecideRequest, decision_pb.DecideResponse] = GroupedCalls(
+            self._decide_batch, DECIDE_GROUP_MAX, max_in_flight=2
+        )
 
     async def picks(
         self, person_id: str, count: int, language: str, product_id: str = "", cart: Sequence[str] = ()
     ) -> Picks:
-        with tracing.outgoing(_DECIDE, self._metadata) as metadata:
-            reply = await self._stub.Decide(
-                decision_pb.DecideRequest(
-                    person_id=person_id,
-                    placement=decision_pb.PLACEMENT_EMAIL,
-                    page=decision_pb.PageContext(product_id=product_id, cart_product_ids=list(cart), language=language),
-                    count=count,
-                ),
-                metadata=metadata,
-                timeout=2.0,
+        reply = await self._decide.call(
+            decision_pb.DecideRequest(
+                person_id=person_id,
+                placement=decision_pb.PLACEMENT_EMAIL,
+                page=decision_pb.PageContext(product_id=product_id, cart_product_ids=list(cart), language=language),
+                count=count,
             )
+        )
         return Picks(
             reply.decision_id,
             [
@@ -68,6 +87,33 @@ class DecisionClient(PeerClient):
             reply.message.headline,
             reply.message.body,
         )
+
+    async def _decide_batch(
+        self, requests: list[decision_pb.DecideRequest]
+    ) -> list[decision_pb.DecideResponse | Exception]:
+        with tracing.outgoing(_DECIDE_BATCH, self._metadata) as metadata:
+            reply = await self._stub.DecideBatch(
+                decision_pb.DecideBatchRequest(requests=requests), metadata=metadata, timeout=2.0
+            )
+        return [_decided(result) for result in reply.results]
+
+    async def close(self) -> None:
+        await self._decide.close()
+        await super().close()
+
+
+class DecideRefused(Exception):
+    """The decision service did not decide one request of a batch (its google.rpc.Status)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"{code_pb2.Code.Name(code) if code in code_pb2.Code.values() else code}: {message}")
+        self.code = code
+
+
+def _decided(result: decision_pb.DecideResult) -> decision_pb.DecideResponse | DecideRefused:
+    if result.status.code == code_pb2.OK:
+        return result.response
+    return DecideRefused(result.status.code, result.status.message)
 
 
 class ProfileTracker(PeerClient):
