@@ -5,6 +5,7 @@ Redis has no state for the person, which makes profile rebuild it from Cassandra
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Iterable
 
@@ -23,8 +24,12 @@ from services.profile.live import LiveProfile, RecentPriceDistributions, complet
 EMPTY_MEMORY_S = 10.0
 EMPTY_MEMORY_MAX = 100_000
 # A profile read again unchanged is not decoded again for this long (its price bands and RFM
-# ranks, which move with the whole shop, are at most this old), among this many persons.
+# ranks, which move with the whole shop, are at most this old), among this many persons. Each
+# profile's reuse ends at a random point of the last DECODED_REUSE_SPREAD of that time: profiles
+# first decoded together (a replica's start, a burst of traffic) are not all decoded again in the
+# same instant five seconds later, a spike every reader's requests would wait behind.
 DECODED_REUSE_S = 5.0
+DECODED_REUSE_SPREAD = 0.4
 DECODED_MAX = 20_000
 _GET_PROFILE = f"{profile_pb.DESCRIPTOR.services_by_name['ProfileService'].full_name}/GetProfile"
 
@@ -46,8 +51,9 @@ class ProfileReader(PeerClient):
         self._prices = RecentPriceDistributions(self._live)
         super().__init__(profile_address, api_key, tls_ca_file, certificate)
         self._empty_until: dict[str, float] = {}
-        # person -> (the state as stored, when decoded, the profile decoded from it)
+        # person -> (the state as stored, until when it is reused, the profile decoded from it)
         self._decoded: dict[str, tuple[EncodedState, float, LiveProfile]] = {}
+        self._random = random.Random()
         self._pruning: asyncio.TimerHandle | None = None
 
     async def read(self, person_id: str) -> LiveProfile | None:
@@ -62,7 +68,7 @@ class ProfileReader(PeerClient):
             return None
         now = time.monotonic()
         known = self._decoded.get(person_id)
-        if known is not None and known[0] == stored and now - known[1] < DECODED_REUSE_S:
+        if known is not None and known[0] == stored and now < known[1]:
             return known[2]
         state = ProfileState.from_dict(orjson.loads(stored.data))
         attributes = orjson.loads(stored.attributes) if stored.attributes else {}
@@ -71,14 +77,15 @@ class ProfileReader(PeerClient):
             self._drop_stale_decoded()
             if len(self._decoded) >= DECODED_MAX:
                 self._decoded.clear()
-        self._decoded[person_id] = (stored, now, live)
+        reuse_s = DECODED_REUSE_S * (1.0 - DECODED_REUSE_SPREAD * self._random.random())
+        self._decoded[person_id] = (stored, now + reuse_s, live)
         if self._pruning is None:
             self._pruning = asyncio.get_running_loop().call_later(DECODED_REUSE_S, self._prune_on_time)
         return live
 
     def _drop_stale_decoded(self) -> None:
         now = time.monotonic()
-        self._decoded = {person: entry for person, entry in self._decoded.items() if now - entry[1] < DECODED_REUSE_S}
+        self._decoded = {person: entry for person, entry in self._decoded.items() if now < entry[1]}
 
     def _prune_on_time(self) -> None:
         """Runs every DECODED_REUSE_S while any profile is kept, busy or idle: nobody's profile

@@ -73,6 +73,18 @@ async def track(profile: ProfileHarness, *events: Any) -> None:
     assert reply.rejected_count == 0, [r.status.message for r in reply.results if r.status.code]
 
 
+async def cart_and_leave(profile: ProfileHarness, who: common.Identifier, sweater: str) -> None:
+    """Two hours ago the visitor viewed a sweater and put it in the cart, then left."""
+    start = now_ms() - 120 * MINUTE_MS
+    await track(
+        profile,
+        event(event_pb2.EVENT_TYPE_PRODUCT_VIEW, who, start, product=product_ref(sweater, SWEATERS, 50)),
+        event(
+            event_pb2.EVENT_TYPE_ADD_TO_CART, who, start + 1000, product=product_ref(sweater, SWEATERS, 50), quantity=1
+        ),
+    )
+
+
 async def decide(decision: DecisionHarness, who: common.Identifier, count: int = 6, **page: Any) -> Any:
     return await decision.call(
         "Decide",
@@ -301,18 +313,7 @@ async def test_a_batch_decides_each_request_as_decide_does_and_reports_bad_ones_
 ) -> None:
     sweaters = [pid for pid, path in shop.items() if path == SWEATERS]
     browser = cookie(f"batch-{uuid.uuid4().hex}")
-    start = now_ms() - 120 * MINUTE_MS
-    await track(
-        profile,
-        event(event_pb2.EVENT_TYPE_PRODUCT_VIEW, browser, start, product=product_ref(sweaters[0], SWEATERS, 50)),
-        event(
-            event_pb2.EVENT_TYPE_ADD_TO_CART,
-            browser,
-            start + 1000,
-            product=product_ref(sweaters[0], SWEATERS, 50),
-            quantity=1,
-        ),
-    )
+    await cart_and_leave(profile, browser, sweaters[0])
     newcomer = cookie(f"batch-new-{uuid.uuid4().hex}")
     requests = [
         pb.DecideRequest(identifier=browser, placement=pb.PLACEMENT_EMAIL, count=4),
@@ -538,18 +539,7 @@ async def test_latest_decisions_are_kept_per_person_with_their_reasons(
 ) -> None:
     sweaters = [pid for pid, path in shop.items() if path == SWEATERS]
     visitor = cookie(f"history-{uuid.uuid4().hex}")
-    start = now_ms() - 120 * MINUTE_MS
-    await track(
-        profile,
-        event(event_pb2.EVENT_TYPE_PRODUCT_VIEW, visitor, start, product=product_ref(sweaters[0], SWEATERS, 50)),
-        event(
-            event_pb2.EVENT_TYPE_ADD_TO_CART,
-            visitor,
-            start + 1000,
-            product=product_ref(sweaters[0], SWEATERS, 50),
-            quantity=1,
-        ),
-    )
+    await cart_and_leave(profile, visitor, sweaters[0])
     first = await decide(decision, visitor, count=4)
     second = await decision.call(
         "Decide",

@@ -578,3 +578,31 @@ async def test_a_reader_keeps_no_profile_long_after_reading_it_even_when_idle(
     finally:
         await reader.close()
         await redis.close()
+
+
+async def test_profiles_decoded_together_are_not_all_decoded_again_together(
+    profile: ProfileHarness, unique: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each profile's reuse ends at its own point of the last 40% of DECODED_REUSE_S: a crowd of
+    profiles first read at once (a replica's start) does not come back as one spike of decoding."""
+    monkeypatch.setattr(profile_reader, "DECODED_REUSE_S", 1.0)
+    visitors = [unique(f"crowd-{index}") for index in range(40)]
+    reply = await track(
+        profile, *(event(E.EVENT_TYPE_PRODUCT_VIEW, cookie(v), now_ms(), product=product("P1", 180)) for v in visitors)
+    )
+    people = [result.person_id for result in reply.results]
+    redis = RedisClient(REDIS_URL, profile.settings.redis_prefix)
+    reader = ProfileReader(redis, f"127.0.0.1:{profile.running.port}", ADMIN_KEY)
+    try:
+        first = [await reader.read(person) for person in people]
+        await asyncio.sleep(0.45)
+        early = [await reader.read(person) for person in people]
+        await asyncio.sleep(0.35)  # 0.8 s: half of the reuse times (0.6 to 1.0 s) are over
+        middle = [await reader.read(person) for person in people]
+    finally:
+        await reader.close()
+        await redis.close()
+
+    assert all(again is before for again, before in zip(early, first, strict=True))  # none ends before 0.6 s
+    decoded_again = sum(again is not before for again, before in zip(middle, first, strict=True))
+    assert 5 <= decoded_again <= 35, decoded_again

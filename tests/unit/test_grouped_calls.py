@@ -29,6 +29,16 @@ class Recorder:
         return [ValueError(f"bad {n}") if n < 0 else n * 10 for n in requests]
 
 
+async def one_group_in_flight() -> tuple[Recorder, GroupedCalls[int, int], asyncio.Task[int]]:
+    """A batch call held until `recorder.release` is set, carrying the group of call(1)."""
+    recorder = Recorder()
+    recorder.release.clear()
+    calls: GroupedCalls[int, int] = GroupedCalls(recorder.send, max_group=8)
+    first = asyncio.create_task(calls.call(1))
+    await asyncio.sleep(0)
+    return recorder, calls, first
+
+
 async def test_an_idle_call_is_sent_at_once_alone() -> None:
     recorder = Recorder()
     calls = GroupedCalls(recorder.send, max_group=8)
@@ -38,11 +48,7 @@ async def test_an_idle_call_is_sent_at_once_alone() -> None:
 
 
 async def test_calls_made_while_a_group_is_in_flight_share_the_next_group() -> None:
-    recorder = Recorder()
-    recorder.release.clear()
-    calls = GroupedCalls(recorder.send, max_group=8)
-    first = asyncio.create_task(calls.call(1))
-    await asyncio.sleep(0)
+    recorder, calls, first = await one_group_in_flight()
     later = [asyncio.create_task(calls.call(n)) for n in range(2, 7)]
     await asyncio.sleep(0)
     recorder.release.set()
@@ -69,11 +75,7 @@ async def test_groups_are_cut_at_max_group_and_at_most_max_in_flight_run_at_once
 
 
 async def test_each_caller_gets_its_own_error() -> None:
-    recorder = Recorder()
-    recorder.release.clear()
-    calls = GroupedCalls(recorder.send, max_group=8)
-    first = asyncio.create_task(calls.call(1))
-    await asyncio.sleep(0)
+    recorder, calls, first = await one_group_in_flight()
     good, bad = asyncio.create_task(calls.call(2)), asyncio.create_task(calls.call(-2))
     await asyncio.sleep(0)
     recorder.release.set()
@@ -85,11 +87,9 @@ async def test_each_caller_gets_its_own_error() -> None:
 
 
 async def test_a_failed_group_fails_each_of_its_callers_and_the_next_group_still_goes() -> None:
-    recorder = Recorder()
-    recorder.release.clear()
+    recorder, calls, first = await one_group_in_flight()
     recorder.fail_with = ConnectionError("decision unreachable")
-    calls = GroupedCalls(recorder.send, max_group=8)
-    doomed = [asyncio.create_task(calls.call(n)) for n in (1, 2)]
+    doomed = [first, asyncio.create_task(calls.call(2))]
     await asyncio.sleep(0)
     recorder.release.set()
 
@@ -101,11 +101,7 @@ async def test_a_failed_group_fails_each_of_its_callers_and_the_next_group_still
 
 
 async def test_a_caller_that_gives_up_leaves_the_others_their_results() -> None:
-    recorder = Recorder()
-    recorder.release.clear()
-    calls = GroupedCalls(recorder.send, max_group=8)
-    first = asyncio.create_task(calls.call(1))
-    await asyncio.sleep(0)
+    recorder, calls, first = await one_group_in_flight()
     impatient, patient = asyncio.create_task(calls.call(2)), asyncio.create_task(calls.call(3))
     await asyncio.sleep(0)
 
@@ -118,11 +114,7 @@ async def test_a_caller_that_gives_up_leaves_the_others_their_results() -> None:
 
 
 async def test_a_caller_that_gave_up_before_its_group_left_is_not_sent() -> None:
-    recorder = Recorder()
-    recorder.release.clear()
-    calls = GroupedCalls(recorder.send, max_group=8)
-    first = asyncio.create_task(calls.call(1))
-    await asyncio.sleep(0)
+    recorder, calls, first = await one_group_in_flight()
     gone = asyncio.create_task(calls.call(2))
     kept = asyncio.create_task(calls.call(3))
     await asyncio.sleep(0)
@@ -134,11 +126,7 @@ async def test_a_caller_that_gave_up_before_its_group_left_is_not_sent() -> None
 
 
 async def test_close_cancels_what_is_in_flight_and_waiting() -> None:
-    recorder = Recorder()
-    recorder.release.clear()
-    calls = GroupedCalls(recorder.send, max_group=8)
-    in_flight = asyncio.create_task(calls.call(1))
-    await asyncio.sleep(0)
+    _, calls, in_flight = await one_group_in_flight()
     waiting = asyncio.create_task(calls.call(2))
     await asyncio.sleep(0)
 

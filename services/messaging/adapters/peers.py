@@ -18,7 +18,7 @@ from rapport.decision.v1 import decision_service_pb2_grpc as decision_grpc
 from rapport.profile.v1 import profile_service_pb2 as profile_pb
 from rapport.profile.v1 import profile_service_pb2_grpc as profile_grpc
 from services.common import clock, tracing
-from services.common.channels import NO_CLIENT_CERTIFICATE, ClientCertificate, PeerClient
+from services.common.channels import PeerClient
 from services.common.grouped_calls import GroupedCalls
 
 _DECIDE_BATCH = f"{decision_pb.DESCRIPTOR.services_by_name['DecisionService'].full_name}/DecideBatch"
@@ -55,17 +55,13 @@ class DecisionClient(PeerClient):
     stub_class = decision_grpc.DecisionServiceStub
     _stub: decision_grpc.DecisionServiceStub
 
-    def __init__(
-        self,
-        address: str,
-        api_key: str,
-        tls_ca_file: str = "",
-        certificate: ClientCertificate = NO_CLIENT_CERTIFICATE,
-    ) -> None:
-        super().__init__(address, api_key, tls_ca_file, certificate)
-        self._decide: GroupedCalls[decision_pb.DecideRequest, decision_pb.DecideResponse] = GroupedCalls(
-            self._decide_batch, DECIDE_GROUP_MAX, max_in_flight=2
-        )
+    _decide_calls: GroupedCalls[decision_pb.DecideRequest, decision_pb.DecideResponse] | None = None
+
+    @property
+    def _decide(self) -> GroupedCalls[decision_pb.DecideRequest, decision_pb.DecideResponse]:
+        if self._decide_calls is None:
+            self._decide_calls = GroupedCalls(self._decide_batch, DECIDE_GROUP_MAX, max_in_flight=2)
+        return self._decide_calls
 
     async def picks(
         self, person_id: str, count: int, language: str, product_id: str = "", cart: Sequence[str] = ()
