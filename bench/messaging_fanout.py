@@ -10,9 +10,12 @@ each email carries. Every trigger is fired with one send time a few seconds ahea
 BENCH_DUPLICATE_RATIO repeats of the same key), so the clock starts when they all fall due;
 half-way through the arrivals one replica is killed.
 
+Before it, the CPU each process group took per email from the due time to the kill (all
+processes still alive then; Linux /proc): where a send's cost goes.
 Last line: emails_per_s=… duplicates=… lost=…
 Environment: BENCH_TRIGGERS (3000), BENCH_DUPLICATE_RATIO (0.2), BENCH_MESSAGING_REPLICAS (2),
-BENCH_SENDERS (16 concurrent sends per replica), BENCH_SMTP_CONNECTIONS (8 per replica).
+BENCH_SENDERS (64 concurrent sends per replica, the service's default), BENCH_SMTP_CONNECTIONS (8 per
+replica).
 """
 
 from __future__ import annotations
@@ -22,12 +25,14 @@ import os
 import random
 import secrets
 import time
+from pathlib import Path
 
 import grpc
+from cassandra.cluster import Cluster
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from bench.smtp_counting_server import CountingSmtpServer
-from bench.support import ServiceProcess, forget_prefix, start_service
+from bench.support import ServiceProcess, forget_prefix, process_cpu_seconds, stack_pids, start_service
 from rapport.common.v1 import event_pb2
 from rapport.common.v1 import identifier_pb2 as common
 from rapport.decision.v1 import decision_service_pb2 as decision_pb
@@ -36,6 +41,7 @@ from rapport.messaging.v1 import messaging_service_pb2 as pb
 from rapport.messaging.v1 import messaging_service_pb2_grpc as pb_grpc
 from rapport.profile.v1 import profile_service_pb2 as profile_pb
 from rapport.profile.v1 import profile_service_pb2_grpc as profile_grpc
+from services.messaging.domain.delivery import delivery_id_for
 
 LEAD_S = 8.0  # between the last fire and the common send time: every trigger is scheduled by then
 
@@ -159,7 +165,7 @@ def main() -> None:
             "RAPPORT_MESSAGING_CLAIM_IDLE_MS": "3000",
             "RAPPORT_MESSAGING_FOLLOW_EVENTS": "false",
             "RAPPORT_SMTP_PORT": str(smtp.port),
-            "RAPPORT_MESSAGING_SENDERS": os.environ.get("BENCH_SENDERS", "16"),
+            "RAPPORT_MESSAGING_SENDERS": os.environ.get("BENCH_SENDERS", "64"),
             "RAPPORT_SMTP_CONNECTIONS": os.environ.get("BENCH_SMTP_CONNECTIONS", "8"),
         }
         replicas = [start_service("messaging", messaging_env) for _ in range(replica_count)]
@@ -179,17 +185,41 @@ def main() -> None:
         wait_s = send_at_wall - time.time()
         if wait_s < 1:
             raise RuntimeError("firing took longer than planned: raise the lead time")
+        groups = {
+            "messaging": [replica.process.pid for replica in replicas],
+            "decision": [decision.process.pid],
+            "identity+profile": [identity.process.pid, profile.process.pid],
+            **{name: [pid] for name, pid in stack_pids().items()},
+            "bench (SMTP server)": [os.getpid()],
+        }
+
+        def cpu_by_group() -> dict[str, float]:
+            return {name: sum(map(process_cpu_seconds, pids)) for name, pids in groups.items()}
+
+        def machine_idle_s() -> float:
+            """Idle (and I/O wait) CPU seconds of the whole machine so far, all cores (/proc/stat)."""
+            fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+            return (int(fields[4]) + int(fields[5])) / os.sysconf("SC_CLK_TCK")
+
         time.sleep(wait_s)
         due_at = time.monotonic()
+        cpu_at_due = cpu_by_group()
+        idle_at_due = machine_idle_s()
+        cpu_ms: dict[str, float] = {}
         killed = False
+        killed_at = due_at
+        idle_share = 0.0
         deadline = due_at + max(120.0, triggers / 20)
         while time.monotonic() < deadline:
             arrived = len(sink.by_trigger)
             if not killed and arrived >= triggers // 2 and replica_count > 1:
+                cpu_ms = {name: (spent - cpu_at_due[name]) * 1000 / arrived for name, spent in cpu_by_group().items()}
+                idle_share = (machine_idle_s() - idle_at_due) / ((time.monotonic() - due_at) * (os.cpu_count() or 1))
                 replicas[-1].process.kill()  # -9, in the middle of its sends
                 replicas[-1].process.wait(10)
                 killed = True
-                print(f"killed one replica (-9) after {arrived} emails")
+                killed_at = time.monotonic()
+                print(f"killed one replica (-9) after {arrived} emails, {killed_at - due_at:.2f} s after due time")
             if arrived >= triggers and time.monotonic() - sink.arrivals[-1] > 5:
                 break
             time.sleep(0.05)
@@ -200,6 +230,21 @@ def main() -> None:
         last = max(sink.arrivals) if sink.arrivals else due_at
         elapsed = max(last - due_at, 1e-6)
         print(f"{received} emails received, {distinct} distinct triggers, last one {elapsed:.2f} s after due time")
+        for trigger, times in sorted(sink.by_trigger.items()):
+            if times > 1:  # which, to look for in the replicas' logs (their delivery id)
+                print(f"duplicate: {trigger} x{times}, delivery {delivery_id_for(trigger, 'EMAIL')}")
+        if killed:
+            # The survivor takes the killed replica's emails in flight over once their leases run
+            # out (RAPPORT_MESSAGING_CLAIM_IDLE_MS): the last arrivals wait for that.
+            tail = sorted(at - killed_at for at in sink.arrivals if at > killed_at)
+            if tail:
+                print(
+                    f"after the kill: {len(tail)} emails in {tail[-1]:.2f} s; the last 1% arrived over "
+                    f"{tail[-1] - tail[int(len(tail) * 0.99)]:.2f} s"
+                )
+            split = ", ".join(f"{name} {ms:.2f}" for name, ms in cpu_ms.items())
+            print(f"CPU ms per email until the kill: {split}, total {sum(cpu_ms.values()):.2f}")
+            print(f"machine idle until the kill: {idle_share:.0%} of {os.cpu_count()} cores")
         print(f"emails_per_s={distinct / elapsed:.0f} duplicates={duplicates} lost={lost}")
     finally:
         for server in reversed(servers):
@@ -207,6 +252,21 @@ def main() -> None:
                 server.stop()
         smtp.stop()
         forget_prefix(common_env["RAPPORT_REDIS_PREFIX"])
+        drop_keyspace(f"bench_messaging_{run}")
+
+
+def drop_keyspace(keyspace: str) -> None:
+    """The run's own messaging keyspace goes at the end: left there, each run's tables add to the
+    node's memtables and flushes, and the later runs slow down."""
+    cluster = Cluster(
+        os.environ.get("RAPPORT_CASSANDRA_HOSTS", "127.0.0.1").split(","),
+        port=int(os.environ.get("RAPPORT_CASSANDRA_PORT", "9042")),
+        protocol_version=5,
+    )
+    try:
+        cluster.connect().execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=60)
+    finally:
+        cluster.shutdown()
 
 
 if __name__ == "__main__":

@@ -4,16 +4,21 @@ failure. The load generator: ghz, one run or one per replica at once."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -99,14 +104,60 @@ def forget_prefix(prefix: str) -> None:
         client.delete(*batch)
 
 
+def compact_redis_log(timeout_s: float = 120.0) -> None:
+    """Rewrite the shared dev Redis's append-only file now (BGREWRITEAOF) and wait for the end.
+
+    What tests and earlier runs left in the dev Redis sets the size of its next rewrite, a forked
+    child that takes a core for about a second here: started just before a measurement, it does
+    not land inside it. Nothing to do when the AOF is off."""
+    client = redis.Redis.from_url(os.environ.get("RAPPORT_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    if not int(client.info("persistence").get("aof_enabled", 0)):
+        return
+    with contextlib.suppress(redis.ResponseError):  # one is running already: wait for it
+        client.bgrewriteaof()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        state = client.info("persistence")
+        if not int(state.get("aof_rewrite_in_progress", 0)) and not int(state.get("aof_rewrite_scheduled", 0)):
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"Redis did not finish rewriting its AOF in {timeout_s:.0f} s")
+
+
+def redis_log_rewrites() -> int:
+    """How many AOF rewrites the shared dev Redis has done since it started."""
+    client = redis.Redis.from_url(os.environ.get("RAPPORT_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    return int(client.info("persistence").get("aof_rewrites", 0))
+
+
 def cpu_seconds(servers: list[ServiceProcess]) -> float:
     """User + system CPU the servers' processes have used so far (Linux /proc)."""
-    ticks_per_s = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for server in servers:
-        fields = Path(f"/proc/{server.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-    return total / ticks_per_s
+    return sum(process_cpu_seconds(server.process.pid) for server in servers)
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU a process (all its threads) has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
+
+
+def stack_pids() -> dict[str, int]:
+    """The local stack's Redis and Cassandra processes, from the pid files `make stack` writes
+    (scripts/redis.sh, scripts/cassandra.sh); those not running are left out."""
+    state = Path(os.environ.get("RAPPORT_STATE", REPO / ".state"))
+    redis_port = os.environ.get("REDIS_PORT", "6379")
+    pids: dict[str, int] = {}
+    for name, pid_file in (
+        ("redis", state / f"redis/redis-{redis_port}.pid"),
+        ("cassandra", state / "cassandra/cassandra.pid"),
+    ):
+        try:
+            pid = int(pid_file.read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if Path(f"/proc/{pid}/stat").exists():
+            pids[name] = pid
+    return pids
 
 
 # ---------------------------------------------------------------------------- ghz, the load generator
@@ -164,30 +215,84 @@ class SpreadReport:
         return self.latencies_ns[rank] / 1e6
 
 
-def ghz_spread(addresses: list[str], call: str, key: str, data: str | Path, extra: list[str]) -> SpreadReport:
+def ghz_spread(
+    addresses: list[str],
+    call: str,
+    key: str,
+    data: str | Path,
+    extra: list[str],
+    warm_up_s: float = 0.0,
+    on_warm: Callable[[], None] | None = None,
+) -> SpreadReport:
     """One ghz per address, all at once, with the same options (give each its share of the rate
-    and concurrency): calls spread evenly over replicas, as a client's round_robin policy does."""
+    and concurrency): calls spread evenly over replicas, as a client's round_robin policy does.
+
+    With `warm_up_s`, the first seconds of each run (by the calls' start times) warm it up and are
+    left out of the report: its rate and percentiles are of the calls started after them, on the
+    same connections, with the load generator's own start (process, reflection, connections)
+    behind it. `on_warm` is called `warm_up_s` after the runs start (e.g. to start a CPU count).
+    """
     runs = [
         subprocess.Popen(
             ghz_command(address, call, key, data, extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
         for address in addresses
     ]
+    if on_warm is not None:
+        timer = threading.Timer(warm_up_s, on_warm)
+        timer.start()
     reports = []
     for run in runs:
         stdout, stderr = run.communicate(timeout=300)
         reports.append(_report(stdout, stderr, run.returncode))
+    if on_warm is not None:
+        timer.join()
+    if not warm_up_s:
+        errors: Counter[str] = Counter()
+        latencies: list[int] = []
+        for report in reports:
+            errors.update(report.get("errorDistribution") or {})
+            latencies += [detail["latency"] for detail in report.get("details") or () if detail.get("status") == "OK"]
+        return SpreadReport(
+            rps=sum(report["rps"] for report in reports),
+            count=sum(report["count"] for report in reports),
+            errors=dict(errors),
+            latencies_ns=sorted(latencies),
+        )
+    return _after_warm_up(reports, warm_up_s)
+
+
+def _after_warm_up(reports: list[dict[str, Any]], warm_up_s: float) -> SpreadReport:
     errors: Counter[str] = Counter()
     latencies: list[int] = []
+    count = 0
+    rps = 0.0
     for report in reports:
-        errors.update(report.get("errorDistribution") or {})
-        latencies += [detail["latency"] for detail in report.get("details") or () if detail.get("status") == "OK"]
-    return SpreadReport(
-        rps=sum(report["rps"] for report in reports),
-        count=sum(report["count"] for report in reports),
-        errors=dict(errors),
-        latencies_ns=sorted(latencies),
-    )
+        details = [(_ns_since_epoch(detail["timestamp"]), detail) for detail in report.get("details") or ()]
+        if not details:
+            continue
+        first = min(started for started, _ in details)
+        cut = first + int(warm_up_s * 1e9)
+        kept = [(started, detail) for started, detail in details if started >= cut]
+        if not kept:
+            continue
+        window_s = max(max(started for started, _ in kept) - cut, 1) / 1e9
+        count += len(kept)
+        rps += len(kept) / window_s
+        for _, detail in kept:
+            if detail.get("status") == "OK":
+                latencies.append(detail["latency"])
+            else:
+                errors[detail.get("error") or detail.get("status", "")] += 1
+    return SpreadReport(rps=rps, count=count, errors=dict(errors), latencies_ns=sorted(latencies))
+
+
+def _ns_since_epoch(timestamp: str) -> int:
+    """ghz's RFC 3339 call start time (nanoseconds, `Z` or an offset) as integer nanoseconds."""
+    moment = datetime.fromisoformat(re.sub(r"(\.\d{6})\d*", r"\1", timestamp).replace("Z", "+00:00"))
+    digits = re.search(r"\.(\d+)", timestamp)
+    nanos = int((digits.group(1) + "000000000")[:9]) if digits else 0
+    return int(moment.replace(microsecond=0).timestamp()) * 1_000_000_000 + nanos
 
 
 def latency_ms(report: dict[str, Any], percentile: int) -> float:

@@ -123,7 +123,9 @@ class SmtpReceiver:
     """A real SMTP server (aiosmtpd, in its own thread) keeping what it receives. It can be
     stopped and started again on the same port (an outage), hold RCPT for a while (a slow
     server: a send in progress), keep a message and hold its reply (the sender is killed after
-    the server took the message), or refuse messages with a permanent error."""
+    the server took the message), or refuse messages with a permanent error. It offers
+    PIPELINING, as production servers do (aiosmtpd reads commands one line at a time, so it
+    handles pipelined ones, but does not say so itself): messaging pipelines its envelopes."""
 
     def __init__(self, port: int | None = None) -> None:
         from email import message_from_bytes, policy
@@ -143,6 +145,12 @@ class SmtpReceiver:
         receiver = self
 
         class Handler:
+            async def handle_EHLO(
+                self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+            ) -> list[str]:
+                session.host_name = hostname
+                return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
             async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
                 receiver.rcpt_seen += 1
                 if receiver.rcpt_delay_s:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import os
 import socket
 import ssl
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, cast
 
@@ -180,10 +181,12 @@ class _ReplyProtocol(asyncio.Protocol):
 
     def send(self, payload: bytes, replies: int) -> list[asyncio.Future[Any]]:
         assert self.transport is not None
+        # Written first: no reply can be read before control returns to the event loop, and a
+        # caller timing the write (`write_now`) has nothing run before it.
+        self.transport.write(payload)
         loop = asyncio.get_running_loop()
         waiters = [loop.create_future() for _ in range(replies)]
         self._waiting.extend(waiters)
-        self.transport.write(payload)
         return waiters
 
 
@@ -234,6 +237,38 @@ class PipelinedConnection:
         if not commands:
             return []
         return await self._run(commands, "PIPELINE", raise_errors=False)
+
+    async def open(self) -> None:
+        """Connect now unless connected: for a caller about to `write_now`, which cannot wait."""
+        if self._protocol is None or self._protocol.lost:
+            await self._connect()
+
+    def write_now(self, packed: bytes, label: str) -> Awaitable[Any]:
+        """Write one command, packed beforehand (`pack_command`), in this step and before anything
+        else: the bytes reach the kernel's socket buffer before control goes back to the event loop
+        (unless the socket's own buffer is full, when the transport keeps them, as any asyncio
+        write). For a caller that needs a command written at a precise point, as soon as possible
+        after another write (messaging's hand-over record); the reply is awaited later through
+        what this returns. Raises ConnectionError when the connection is not open (`open` first):
+        there is no time to connect."""
+        protocol = self._protocol
+        if protocol is None or protocol.lost:
+            raise RedisConnectionError("the pipelined Redis connection is not open")
+        waiters = protocol.send(packed, 1)
+        return self._written_reply(waiters, label, perf_counter())
+
+    async def _written_reply(self, waiters: list[asyncio.Future[Any]], label: str, started: float) -> Any:
+        try:
+            reply = (await self._replies(waiters))[0]
+        except BaseException as error:
+            if not isinstance(error, asyncio.CancelledError):
+                self._metrics.failed(label, error)
+            raise
+        finally:
+            self._metrics.observe(label, perf_counter() - started)
+        if isinstance(reply, hiredis.ReplyError):
+            raise ResponseError(str(reply))
+        return reply
 
     async def _run(self, commands: Sequence[Command], label: str, raise_errors: bool = True) -> list[Any]:
         span = self._spans.store_span("redis", label) if self._spans is not None else None
@@ -315,6 +350,27 @@ class PipelinedConnection:
         self._protocol = None
 
 
+class PipelinedScript:
+    """A Lua script run with EVALSHA on a pipelined connection: the script's text crosses the
+    socket only when Redis does not know it (first use, a restarted Redis, SCRIPT FLUSH), as
+    redis-py's registered scripts do. A NOSCRIPT reply means the script did not run, so running it
+    again after loading it is safe."""
+
+    def __init__(self, connection: PipelinedConnection, source: str) -> None:
+        self._connection = connection
+        self._source = source
+        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()  # Redis names scripts so
+
+    async def __call__(self, keys: Sequence[str], args: Sequence[str | bytes | int | float]) -> Any:
+        try:
+            return await self._connection.execute("EVALSHA", self.sha, len(keys), *keys, *args)
+        except ResponseError as error:
+            if not str(error).startswith("NOSCRIPT"):
+                raise
+        await self._connection.execute("SCRIPT", "LOAD", self._source)
+        return await self._connection.execute("EVALSHA", self.sha, len(keys), *keys, *args)
+
+
 class RedisClient:
     name = "redis"
 
@@ -339,7 +395,8 @@ class RedisClient:
         if isinstance(client, TracedRedis) and spans is not None:
             client.spans = spans
         self.redis: aioredis.Redis = client
-        # The hot path's plain commands (decision's profile read, its write-behind).
+        # The hot paths' commands and scripts (decision's profile read and write-behind, messaging's
+        # send pipeline).
         self.pipelined = PipelinedConnection(url, self.metrics)
 
     async def ping(self, timeout_s: float) -> None:

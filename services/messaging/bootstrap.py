@@ -136,6 +136,7 @@ async def build_messaging(settings: MessagingSettings) -> ServiceRegistration:
         await http.close()
         for client in (identity, profiles, decision, tracker):
             await client.close()
+        await store.close()
         await redis.close()
         await cassandra.close()
 

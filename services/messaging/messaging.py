@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 
+import orjson
 import structlog
 
 from services.common import tracing
@@ -55,13 +56,13 @@ def instance_to_json(instance: TriggerInstance, fired: bool = False, traceparent
     }
     if traceparent:
         data["trace"] = traceparent
-    return json.dumps(data, separators=(",", ":"))
+    return orjson.dumps(data).decode()
 
 
 def instance_from_json(text: str) -> tuple[TriggerInstance, bool]:
     """The instance, and whether it was fired over RPC (then the caller decided, and the
     send-time re-check of its condition is skipped)."""
-    data = json.loads(text)
+    data = orjson.loads(text)
     instance = TriggerInstance(
         kind=TriggerKind[data["kind"]],
         person_id=data["person"],
@@ -185,9 +186,6 @@ class Messaging:
     # ------------------------------------------------------------------ contacts and consent
     async def set_contact(self, contact: Contact) -> None:
         await self._store.set_contact(contact, now_ms())
-
-    async def contact(self, person_id: str) -> Contact | None:
-        return await self._store.contact(person_id)
 
     async def set_consent(self, person_id: str, channel: Channel, state: ConsentState) -> None:
         await self._store.set_consent(person_id, channel.name, state.name, now_ms())

@@ -331,11 +331,9 @@ class Sender:
         delivery = taken.delivery  # as the previous holder left it, if any
         delivery_id = delivery.delivery_id
         channel = Channel[delivery.channel]
-        # Read together (one wait instead of two), at the start of the send, as the lease is taken.
-        stored_contact, consents = await asyncio.gather(
-            self._store.contact(delivery.person_id), self._store.consents(delivery.person_id)
-        )
-        contact = stored_contact or Contact(delivery.person_id)
+        # Contact and consent, as they are now (one row, one read), at the start of the send.
+        card = await self._store.contact(delivery.person_id)
+        contact, consents = card.contact, card.consents
         handed = taken.handed
         if handed is not None:
             # The previous holder handed the email to the server and stopped before recording
@@ -420,7 +418,7 @@ class Sender:
             log.info("delivery_erased_in_flight", delivery=delivery.delivery_id, status=delivery.status.name)
             return delivery.status
         try:
-            await self._store.save_delivery(delivery)
+            await self._store.save_outcome(delivery)
         except Exception:
             log.warning("delivery_history_write_failed", delivery=delivery.delivery_id, exc_info=True)
         return delivery.status

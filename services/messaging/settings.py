@@ -69,7 +69,11 @@ class MessagingSettings(CommonSettings, PeerCertificateSettings):
         "RAPPORT_AUDIENCE_URL", "", "Retargeting audience sync endpoint; empty = members kept for CSV export only."
     )
     audience_batch: int = setting("RAPPORT_AUDIENCE_BATCH", 500, "Members per audience sync request.")
-    senders: int = setting("RAPPORT_MESSAGING_SENDERS", 16, "Concurrent sends per replica.")
+    senders: int = setting(
+        "RAPPORT_MESSAGING_SENDERS",
+        64,
+        "Concurrent sends per replica: enough for the sends' grouped statements and DecideBatch calls to fill.",
+    )
     max_attempts: int = setting("RAPPORT_MESSAGING_MAX_ATTEMPTS", 8, "Attempts before a delivery is dead-lettered.")
     retry_base_ms: int = setting("RAPPORT_MESSAGING_RETRY_BASE_MS", 1000, "First retry delay (doubles, jittered).")
     retry_cap_ms: int = setting("RAPPORT_MESSAGING_RETRY_CAP_MS", 300_000, "Longest retry delay.")

@@ -289,7 +289,9 @@ async def messaging_holds(stack: Stack, seeded: SeededPerson) -> dict[str, bool]
     person = seeded.person_id
     held = {
         "contact": bool(stack.cql("SELECT * FROM {keyspace}.contact WHERE person_id = %s", person)),
-        "consent": bool(stack.cql("SELECT * FROM {keyspace}.consent WHERE person_id = %s", person)),
+        "consent": any(
+            row["consents"] for row in stack.cql("SELECT consents FROM {keyspace}.contact WHERE person_id = %s", person)
+        ),
         "delivery index": bool(stack.cql("SELECT * FROM {keyspace}.delivery_by_person WHERE person_id = %s", person)),
         "deliveries": any(
             stack.cql("SELECT * FROM {keyspace}.delivery WHERE delivery_id = %s", delivery_id)

@@ -12,8 +12,8 @@ import json
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, cast
 
 import aiohttp
 import grpc
@@ -31,7 +31,11 @@ from rapport.decision.v1 import decision_service_pb2 as decision_pb
 from rapport.messaging.v1 import messaging_service_pb2 as pb
 from rapport.profile.v1 import profile_service_pb2 as profile_pb
 from services.common import tracing
+from services.common.cassandra import CassandraClient, open_service_keyspace
+from services.common.clock import now_ms
 from services.common.spans import SpanExport
+from services.messaging.adapters.cassandra_store import SCHEMA_FILE, Contact, ContactCard, MessagingStore
+from services.messaging.domain.delivery import Delivery, DeliveryStatus
 from services.messaging.domain.tokens import MessageTokens
 from tests.integration.conftest import (
     DecisionHarness,
@@ -288,6 +292,165 @@ async def test_nothing_reaches_a_person_who_opted_out_and_the_unsubscribe_link_w
             assert forged.status == 404
     consent = await messaging.call("GetConsent", pb.GetConsentRequest(person=pb.PersonSelector(person_id=member_id)))
     assert {c.channel: c.state for c in consent.consents}[pb.CHANNEL_EMAIL] == pb.CONSENT_STATE_DENIED
+
+
+class RecordingCassandra:
+    """A keyspace's client that records the statements run through it (a batch as the list of
+    its statements)."""
+
+    def __init__(self, db: CassandraClient) -> None:
+        self.db = db
+        self.statements: list[str | list[str]] = []
+
+    async def execute(self, cql: str, parameters: Sequence[Any] | None = None, **options: Any) -> list[dict[str, Any]]:
+        self.statements.append(cql)
+        return await self.db.execute(cql, parameters, **options)
+
+    async def execute_batch(self, statements: Sequence[tuple[str, Sequence[Any]]], **options: Any) -> None:
+        self.statements.append([cql for cql, _ in statements])
+        await self.db.execute_batch(statements, **options)
+
+
+async def test_contact_and_consent_live_in_one_row_that_a_send_reads_in_one_statement(
+    messaging: MessagingHarness,
+) -> None:
+    db = await open_service_keyspace(messaging.settings, None)
+    recording = RecordingCassandra(db)
+    store = MessagingStore(cast(CassandraClient, recording))
+    selector = pb.PersonSelector(identifier=cookie(f"msg-row-{uuid.uuid4().hex[:8]}"))
+    try:
+        # Consent may come before any contact, and each write leaves what the others wrote.
+        granted = await messaging.call(
+            "SetConsent",
+            pb.SetConsentRequest(person=selector, channel=pb.CHANNEL_EMAIL, state=pb.CONSENT_STATE_GRANTED),
+        )
+        person_id = str(granted.person_id)
+        first = await store.contact(person_id)
+        assert first.contact == Contact(person_id)
+        assert {channel: state for channel, (state, _) in first.consents.items()} == {"EMAIL": "GRANTED"}
+        email = f"row-{uuid.uuid4().hex[:8]}@example.com"
+        await messaging.call("SetContact", pb.SetContactRequest(person=selector, email=email, country="FR"))
+        await messaging.call(
+            "SetConsent", pb.SetConsentRequest(person=selector, channel=pb.CHANNEL_PUSH, state=pb.CONSENT_STATE_DENIED)
+        )
+        await messaging.call("SetContact", pb.SetContactRequest(person=selector, language="fr"))
+
+        recording.statements.clear()
+        card = await store.contact(person_id)
+
+        assert len(recording.statements) == 1
+        assert card.contact == Contact(person_id, email=email, language="fr", country="FR")
+        assert {channel: state for channel, (state, _) in card.consents.items()} == {
+            "EMAIL": "GRANTED",
+            "PUSH": "DENIED",
+        }
+        assert card.consents["EMAIL"][1] == first.consents["EMAIL"][1] > 0  # the time it was given, kept
+        reply = await messaging.call("GetConsent", pb.GetConsentRequest(person=pb.PersonSelector(person_id=person_id)))
+        assert {c.channel: c.state for c in reply.consents} == {
+            pb.CHANNEL_EMAIL: pb.CONSENT_STATE_GRANTED,
+            pb.CHANNEL_PUSH: pb.CONSENT_STATE_DENIED,
+            pb.CHANNEL_RETARGETING: pb.CONSENT_STATE_UNSPECIFIED,
+        }
+        never_seen = f"never-seen-{uuid.uuid4().hex}"
+        assert await store.contact(never_seen) == ContactCard(Contact(never_seen), {})
+    finally:
+        await db.close()
+
+
+async def test_the_reads_and_writes_of_concurrent_sends_share_statements_and_each_gets_its_own(
+    messaging: MessagingHarness,
+) -> None:
+    db = await open_service_keyspace(messaging.settings, None)
+    recording = RecordingCassandra(db)
+    store = MessagingStore(cast(CassandraClient, recording))
+    run = uuid.uuid4().hex[:8]
+    people = [f"group-{run}-{index}" for index in range(20)]
+    try:
+        for index, person in enumerate(people[:10]):  # the other ten were never seen
+            await store.set_contact(Contact(person, email=f"{index}@example.com"), now_ms())
+            await store.set_consent(person, "EMAIL", "GRANTED" if index % 2 else "DENIED", now_ms())
+        recording.statements.clear()
+
+        cards = await asyncio.gather(*(store.contact(person) for person in people))
+
+        assert [card.contact.email for card in cards] == [f"{index}@example.com" for index in range(10)] + [""] * 10
+        assert [card.consents.get("EMAIL", ("", 0))[0] for card in cards[:4]] == ["DENIED", "GRANTED"] * 2
+        assert all(
+            card.consents == {} and card.contact == Contact(person)
+            for card, person in zip(cards[10:], people[10:], strict=True)
+        )
+        # The first read goes alone; the nineteen asked while it was in flight, in (at most 16) more.
+        assert 2 <= len(recording.statements) <= 3 < len(people)
+
+        outcomes = [
+            Delivery(
+                delivery_id=f"d_{run}{index:04d}",
+                person_id=person,
+                kind="WELCOME",
+                channel="EMAIL",
+                status=DeliveryStatus.DEAD if index == 3 else DeliveryStatus.SENT,
+                idempotency_key=f"WELCOME:{run}{index}",
+                created_at_ms=now_ms(),
+                due_at_ms=now_ms(),
+                sent_at_ms=now_ms(),
+            )
+            for index, person in enumerate(people)
+        ]
+        recording.statements.clear()
+
+        await asyncio.gather(*(store.save_outcome(outcome) for outcome in outcomes))
+
+        batches = recording.statements
+        assert 2 <= len(batches) <= 3 and all(isinstance(batch, list) for batch in batches)
+        assert sum(len(batch) for batch in batches) == len(outcomes) + 1  # and the dead letter
+        for outcome in outcomes:
+            assert await store.delivery(outcome.delivery_id) == outcome
+        assert outcomes[3].delivery_id in [dead.delivery_id for dead in await store.dead_letters(1000)]
+    finally:
+        await db.close()
+
+
+async def test_a_keyspace_of_the_previous_schema_keeps_its_contacts_and_loses_the_consent_table(
+    cassandra_admin: CassandraClient, run_id: str
+) -> None:
+    keyspace = f"it_messaging_upgrade_{run_id}"
+    cassandra_admin.created_keyspaces.append(keyspace)  # type: ignore[attr-defined]
+    session = cassandra_admin.session
+    session.execute(
+        f"CREATE KEYSPACE {keyspace} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 1}}",
+        timeout=60,
+    )
+    # The two tables as the schema made them before consent moved into the contact row.
+    session.execute(
+        f"CREATE TABLE {keyspace}.contact (person_id text PRIMARY KEY, email text, push_token text, phone text, "
+        "language text, country text, updated_at timestamp)",
+        timeout=60,
+    )
+    session.execute(
+        f"CREATE TABLE {keyspace}.consent (person_id text, channel text, state text, updated_at timestamp, "
+        "PRIMARY KEY (person_id, channel))",
+        timeout=60,
+    )
+    session.execute(f"INSERT INTO {keyspace}.contact (person_id, email) VALUES ('p1', 'ada@example.com')")
+    session.execute(f"INSERT INTO {keyspace}.consent (person_id, channel, state) VALUES ('p1', 'EMAIL', 'GRANTED')")
+    upgraded = CassandraClient(session, cassandra_admin.cluster, keyspace)
+
+    for _ in range(2):  # applied at every start: idempotent
+        await asyncio.to_thread(
+            upgraded.apply_schema, "{'class': 'SimpleStrategy', 'replication_factor': 1}", SCHEMA_FILE.read_text()
+        )
+
+    tables = {
+        row["table_name"]
+        for row in session.execute("SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s", [keyspace])
+    }
+    assert "consent" not in tables and "contact" in tables
+    store = MessagingStore(upgraded)
+    assert await store.contact("p1") == ContactCard(Contact("p1", email="ada@example.com"), {})
+    await store.set_consent("p1", "EMAIL", "GRANTED", 1_700_000_000_000)
+    assert await store.contact("p1") == ContactCard(
+        Contact("p1", email="ada@example.com"), {"EMAIL": ("GRANTED", 1_700_000_000_000)}
+    )
 
 
 async def test_opens_and_clicks_go_back_to_the_profile(

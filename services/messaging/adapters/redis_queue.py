@@ -15,6 +15,9 @@
   back in another. With the hand-over record, that is three round trips per email.
 - An erasure deletes a person's working copies; an outcome recorded after that (a send that
   was in flight) only acknowledges its entry and writes nothing back.
+- The scripts, the stream reads of a busy sender and the hand-over record go over the client's
+  pipelined connection (services/common/redis.py: one socket, hiredis, about half of redis-py's
+  CPU per command); blocking reads of an idle stream and the rare commands use redis-py.
 
 Redis runs with AOF (appendfsync everysec) in the local stack; see README "Messaging".
 """
@@ -22,16 +25,16 @@ Redis runs with AOF (appendfsync everysec) in the local stack; see README "Messa
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from services.common.redis import RedisClient
+from services.common.redis import Command, PipelinedConnection, PipelinedScript, RedisClient, pack_command
 from services.messaging.domain.delivery import Delivery, DeliveryStatus
 from services.messaging.domain.policy import CAP_COUNTER_TTL_S
 
@@ -174,7 +177,7 @@ class HandOverRecord:
 
 
 def hand_over_from_json(text: str) -> HandOverRecord:
-    data = json.loads(text)
+    data = orjson.loads(text)
     return HandOverRecord(int(data["at"]), tuple(data.get("products") or ()))
 
 
@@ -188,49 +191,52 @@ class TakenSend:
 
 
 class HandOverNote:
-    """The record that an email was handed to the SMTP server, written on a connection of its own
-    by a plain socket write in the same step as the email's last line (`write_now`, no await in
-    between): a process killed after that step still has the kernel deliver both the line to the
-    server and the record to Redis; killed before it, neither. The sender that takes a delivery
-    over reads the record (`take_send`) and does not send the email again.
+    """The record that an email was handed to the SMTP server, written on the pipelined Redis
+    connection by a plain socket write in the same step as the email's last line (`write_now`, no
+    await in between): a process killed after that step still has the kernel deliver both the line
+    to the server and the record to Redis; killed before it, neither. The sender that takes a
+    delivery over reads the record (`take_send`) and does not send the email again.
 
     The record follows the line, so the one remaining window is between those two writes
     (microseconds): killed there, the email is sent again (a duplicate, never a loss)."""
 
-    def __init__(self, pool: Any, connection: Any, packed: list[bytes]) -> None:
-        self._pool = pool
+    def __init__(self, connection: PipelinedConnection, command: Command) -> None:
         self._connection = connection
-        self._packed = packed
-        self._written = False
+        self._packed = pack_command(command)  # now, so that writing it is one system call
+        self._reply: Awaitable[Any] | None = None
 
     def write_now(self) -> None:
-        writer = self._connection._writer  # redis-py's stream writer: a synchronous write
-        if writer is None:
-            raise RedisConnectionError("the hand-over connection is closed")
-        writer.writelines(self._packed)
-        self._written = True
+        self._reply = self._connection.write_now(self._packed, "SET")
 
     async def close(self) -> None:
-        """Reads Redis's reply (if the record was written) and returns the connection."""
+        """Reads Redis's reply, if the record was written."""
+        if self._reply is None:
+            return
         try:
-            if self._written:
-                await self._connection.read_response()
+            await self._reply
         except Exception:
             log.warning("hand_over_record_unconfirmed", exc_info=True)
-            await self._connection.disconnect()
-        finally:
-            await self._pool.release(self._connection)
+
+
+def _stream_entries(reply: list[Any] | None) -> StreamEntries:
+    """An XREADGROUP reply as hiredis parses it (streams, each a list of [id, [field, value, …]])
+    in the shape redis-py gives: (id, {field: value})."""
+    return [
+        (entry_id, dict(zip(fields[::2], fields[1::2], strict=True)))
+        for _stream, entries in reply or ()
+        for entry_id, fields in entries
+    ]
 
 
 def delivery_to_json(delivery: Delivery) -> str:
     data = dict(vars(delivery))  # its fields, in order (`asdict` copies them deeply, for nothing here)
     data["status"] = delivery.status.value
     data["product_ids"] = list(delivery.product_ids)
-    return json.dumps(data, separators=(",", ":"))
+    return orjson.dumps(data).decode()
 
 
 def delivery_from_json(text: str) -> Delivery:
-    data: dict[str, Any] = json.loads(text)
+    data: dict[str, Any] = orjson.loads(text)
     data["status"] = DeliveryStatus(data["status"])
     data["product_ids"] = tuple(data.get("product_ids") or ())
     return Delivery(**data)
@@ -239,6 +245,7 @@ def delivery_from_json(text: str) -> Delivery:
 class MessagingQueue:
     def __init__(self, client: RedisClient) -> None:
         self.redis: aioredis.Redis = client.redis
+        self._pipelined = client.pipelined
         prefix = client.prefix
         self._key_prefix = f"{prefix}messaging:key:"
         self._copy_prefix = f"{prefix}messaging:delivery:"
@@ -251,13 +258,13 @@ class MessagingQueue:
         self.audience_pending = f"{prefix}messaging:audience:pending"
         self.audience_inflight = f"{prefix}messaging:audience:inflight"
         self.profile_events = f"{prefix}profile:events"
-        self._schedule = self.redis.register_script(_SCHEDULE)
-        self._dispatch = self.redis.register_script(_DISPATCH)
-        self._release = self.redis.register_script(_RELEASE)
-        self._take = self.redis.register_script(_TAKE)
-        self._ack = self.redis.register_script(_ACK)
-        self._finish = self.redis.register_script(_FINISH)
-        self._requeue = self.redis.register_script(_REQUEUE)
+        self._schedule = PipelinedScript(self._pipelined, _SCHEDULE)
+        self._dispatch = PipelinedScript(self._pipelined, _DISPATCH)
+        self._release = PipelinedScript(self._pipelined, _RELEASE)
+        self._take = PipelinedScript(self._pipelined, _TAKE)
+        self._ack = PipelinedScript(self._pipelined, _ACK)
+        self._finish = PipelinedScript(self._pipelined, _FINISH)
+        self._requeue = PipelinedScript(self._pipelined, _REQUEUE)
 
     async def ensure_groups(self, events_from: str = "$") -> None:
         for stream, group, start in (
@@ -329,6 +336,15 @@ class MessagingQueue:
 
     # the send stream
     async def read_sends(self, consumer: str, count: int, block_ms: int) -> StreamEntries:
+        """Up to `count` new entries for `consumer`, waiting up to `block_ms` for one. A busy
+        stream answers at once, on the pipelined connection; only an empty one is waited on, on a
+        connection of redis-py's pool, so that the commands sharing the pipelined socket never
+        queue behind a blocked read."""
+        reply = await self._pipelined.execute(
+            "XREADGROUP", "GROUP", SENDERS_GROUP, consumer, "COUNT", count, "STREAMS", self.send_stream, ">"
+        )
+        if reply or block_ms <= 0:
+            return _stream_entries(reply)
         replies: list[tuple[str, StreamEntries]] | None = await self.redis.xreadgroup(  # type: ignore[assignment]
             SENDERS_GROUP, consumer, {self.send_stream: ">"}, count=count, block=block_ms
         )
@@ -369,15 +385,13 @@ class MessagingQueue:
     async def hand_over_note(self, delivery_id: str, at_ms: int, product_ids: Sequence[str]) -> HandOverNote:
         """A hand-over record ready to be written the moment the email's last line is (see
         HandOverNote); the caller closes it."""
-        record = json.dumps({"at": at_ms, "products": list(product_ids)}, separators=(",", ":"))
-        pool = self.redis.connection_pool
-        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
-        packed = connection.pack_command("SET", self._handed_prefix + delivery_id, record, "EX", KEY_TTL_S)
-        return HandOverNote(pool, connection, packed)
+        record = orjson.dumps({"at": at_ms, "products": list(product_ids)})
+        await self._pipelined.open()  # the note is written without waiting: connected beforehand
+        return HandOverNote(self._pipelined, ("SET", self._handed_prefix + delivery_id, record, "EX", KEY_TTL_S))
 
     async def drop_hand_over(self, delivery_id: str) -> None:
         """The server refused the message or never answered: the delivery may be sent again."""
-        await self.redis.delete(self._handed_prefix + delivery_id)
+        await self._pipelined.execute("DEL", self._handed_prefix + delivery_id)
 
     async def finish(self, entry_id: str, delivery: Delivery, cap_key: str | None, lease_owner: str) -> bool:
         """Record a delivery's outcome and acknowledge its entry, atomically, giving
