@@ -13,7 +13,7 @@ from services.common.identity_client import IdentityClient
 from services.common.person_changes import PersonChange, PersonChangeFollower, PersonChangeStream
 from services.common.redis import consumer_name
 from services.common.server import ServiceRegistration, cancel_tasks, open_stores
-from services.messaging.adapters.cassandra_store import SCHEMA_FILE, MessagingStore
+from services.messaging.adapters.cassandra_store import SCHEMA_FILE, MessagingStore, move_consent_table
 from services.messaging.adapters.channels import HttpSender, SmtpConfig, SmtpSender
 from services.messaging.adapters.peers import DecisionClient, ProfileTracker
 from services.messaging.adapters.redis_queue import MessagingQueue
@@ -41,6 +41,10 @@ log = structlog.get_logger("rapport.messaging")
 
 async def build_messaging(settings: MessagingSettings) -> ServiceRegistration:
     cassandra, redis = await open_stores(settings, SCHEMA_FILE)
+    if settings.apply_schema:
+        moved = await asyncio.to_thread(move_consent_table, cassandra)
+        if moved:
+            log.info("consent_table_moved", consents=moved)
     store = MessagingStore(cassandra)
     queue = MessagingQueue(redis)
     await queue.ensure_groups()

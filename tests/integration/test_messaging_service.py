@@ -34,7 +34,13 @@ from services.common import tracing
 from services.common.cassandra import CassandraClient, open_service_keyspace
 from services.common.clock import now_ms
 from services.common.spans import SpanExport
-from services.messaging.adapters.cassandra_store import SCHEMA_FILE, Contact, ContactCard, MessagingStore
+from services.messaging.adapters.cassandra_store import (
+    SCHEMA_FILE,
+    Contact,
+    ContactCard,
+    MessagingStore,
+    move_consent_table,
+)
 from services.messaging.domain.delivery import Delivery, DeliveryStatus
 from services.messaging.domain.tokens import MessageTokens
 from tests.integration.conftest import (
@@ -410,7 +416,7 @@ async def test_the_reads_and_writes_of_concurrent_sends_share_statements_and_eac
         await db.close()
 
 
-async def test_a_keyspace_of_the_previous_schema_keeps_its_contacts_and_loses_the_consent_table(
+async def test_a_keyspace_of_the_previous_schema_keeps_its_contacts_and_consents(
     cassandra_admin: CassandraClient, run_id: str
 ) -> None:
     keyspace = f"it_messaging_upgrade_{run_id}"
@@ -432,25 +438,33 @@ async def test_a_keyspace_of_the_previous_schema_keeps_its_contacts_and_loses_th
         timeout=60,
     )
     session.execute(f"INSERT INTO {keyspace}.contact (person_id, email) VALUES ('p1', 'ada@example.com')")
-    session.execute(f"INSERT INTO {keyspace}.consent (person_id, channel, state) VALUES ('p1', 'EMAIL', 'GRANTED')")
-    upgraded = CassandraClient(session, cassandra_admin.cluster, keyspace)
-
-    for _ in range(2):  # applied at every start: idempotent
-        await asyncio.to_thread(
-            upgraded.apply_schema, "{'class': 'SimpleStrategy', 'replication_factor': 1}", SCHEMA_FILE.read_text()
+    given = "'2023-11-14 22:13:20+0000'"  # 1 700 000 000 000 ms
+    for person, channel, state in (("p1", "EMAIL", "GRANTED"), ("p2", "PUSH", "DENIED"), ("p1", "PUSH", "GRANTED")):
+        session.execute(
+            f"INSERT INTO {keyspace}.consent (person_id, channel, state, updated_at) "
+            f"VALUES ('{person}', '{channel}', '{state}', {given})"
         )
+    upgraded = CassandraClient(session, cassandra_admin.cluster, keyspace)
+    store = MessagingStore(upgraded)
+    schema = "{'class': 'SimpleStrategy', 'replication_factor': 1}", SCHEMA_FILE.read_text()
+    await asyncio.to_thread(upgraded.apply_schema, *schema)
+    # A replica already on the new schema records a newer choice before the table is moved.
+    await store.set_consent("p1", "PUSH", "DENIED", 1_800_000_000_000)
+
+    moved = [await asyncio.to_thread(move_consent_table, upgraded) for _ in range(2)]  # at every start
+    await asyncio.to_thread(upgraded.apply_schema, *schema)
 
     tables = {
         row["table_name"]
         for row in session.execute("SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s", [keyspace])
     }
     assert "consent" not in tables and "contact" in tables
-    store = MessagingStore(upgraded)
-    assert await store.contact("p1") == ContactCard(Contact("p1", email="ada@example.com"), {})
-    await store.set_consent("p1", "EMAIL", "GRANTED", 1_700_000_000_000)
+    assert moved == [3, 0]
     assert await store.contact("p1") == ContactCard(
-        Contact("p1", email="ada@example.com"), {"EMAIL": ("GRANTED", 1_700_000_000_000)}
+        Contact("p1", email="ada@example.com"),
+        {"EMAIL": ("GRANTED", 1_700_000_000_000), "PUSH": ("DENIED", 1_800_000_000_000)},
     )
+    assert await store.contact("p2") == ContactCard(Contact("p2"), {"PUSH": ("DENIED", 1_700_000_000_000)})
 
 
 async def test_opens_and_clicks_go_back_to_the_profile(

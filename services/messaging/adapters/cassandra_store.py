@@ -16,6 +16,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from cassandra import InvalidRequest
+
 from services.common.cassandra import CassandraClient, to_datetime_or_none, to_ms
 from services.common.grouped_calls import GroupedCalls
 from services.messaging.domain.delivery import Delivery, DeliveryStatus
@@ -166,6 +168,41 @@ def _consents(stored: Mapping[str, tuple[str | None, datetime | None]] | None) -
 def _dead_at(delivery: Delivery) -> datetime | None:
     """The dead-letter row's clustering time (stable for a delivery, so it can be removed)."""
     return to_datetime_or_none(max(delivery.due_at_ms, delivery.created_at_ms))
+
+
+def move_consent_table(db: CassandraClient) -> int:
+    """Blocking (start-up, after the schema): keyspaces from before consent moved into the contact
+    row keep it in a table of its own. Each of its rows is copied into the contact row's map with
+    the row's own write time, so a consent given since (already in the map) is newer and wins,
+    then the table is dropped. Idempotent: replicas starting together copy the same values with
+    the same times. Returns how many consents were copied."""
+    session, keyspace = db.session, db.keyspace
+    found = session.execute(
+        "SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s AND table_name = 'consent'",
+        [keyspace],
+        timeout=60,
+    )
+    if not list(found):
+        return 0
+    copy = session.prepare(f"UPDATE {keyspace}.contact USING TIMESTAMP ? SET consents[?] = ? WHERE person_id = ?")
+    moved = 0
+    try:
+        rows = session.execute(
+            f"SELECT person_id, channel, state, updated_at, WRITETIME(state) AS written FROM {keyspace}.consent",
+            timeout=60,
+        )
+        for row in rows:
+            if row["state"] is None or row["written"] is None:
+                continue
+            session.execute(
+                copy, [row["written"], row["channel"], (row["state"], row["updated_at"]), row["person_id"]], timeout=60
+            )
+            moved += 1
+    except InvalidRequest:  # another replica dropped the table meanwhile, after copying it
+        return moved
+    session.execute(f"DROP TABLE IF EXISTS {keyspace}.consent", timeout=60)
+    db.cluster.control_connection.wait_for_schema_agreement(wait_time=30)
+    return moved
 
 
 class MessagingStore:
