@@ -25,6 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.common import tracing
 from services.common.metrics import BLOCKING_READS, RedisMetrics, command_label
+from services.common.spans import StoreSpan
 
 if TYPE_CHECKING:
     from services.common.spans import SpanExport
@@ -258,23 +259,29 @@ class PipelinedConnection:
         return self._written_reply(waiters, label, perf_counter())
 
     async def _written_reply(self, waiters: list[asyncio.Future[Any]], label: str, started: float) -> Any:
-        try:
-            reply = (await self._replies(waiters))[0]
-        except BaseException as error:
-            if not isinstance(error, asyncio.CancelledError):
-                self._metrics.failed(label, error)
-            raise
-        finally:
-            self._metrics.observe(label, perf_counter() - started)
-        if isinstance(reply, hiredis.ReplyError):
-            raise ResponseError(str(reply))
+        [reply] = await self._measured(label, started, self._replies(waiters))
+        if isinstance(reply, ResponseError):
+            raise reply
         return reply
 
     async def _run(self, commands: Sequence[Command], label: str, raise_errors: bool = True) -> list[Any]:
         span = self._spans.store_span("redis", label) if self._spans is not None else None
-        started = perf_counter()
+        replies = await self._measured(
+            label, perf_counter(), self._send(b"".join(map(pack_command, commands)), len(commands)), span
+        )
+        if raise_errors:
+            for reply in replies:
+                if isinstance(reply, ResponseError):
+                    raise reply
+        return replies
+
+    async def _measured(
+        self, label: str, started: float, replies: Awaitable[list[Any]], span: StoreSpan | None = None
+    ) -> list[Any]:
+        """The replies awaited, timed and counted under `label` (and ended in `span`), with Redis's
+        error replies as redis-py's ResponseError instances, in place."""
         try:
-            replies = await self._send(b"".join(map(pack_command, commands)), len(commands))
+            raw = await replies
         except BaseException as error:
             if not isinstance(error, asyncio.CancelledError):
                 self._metrics.failed(label, error)
@@ -285,12 +292,7 @@ class PipelinedConnection:
             self._metrics.observe(label, perf_counter() - started)
         if span is not None:
             span.end()
-        replies = [ResponseError(str(reply)) if isinstance(reply, hiredis.ReplyError) else reply for reply in replies]
-        if raise_errors:
-            for reply in replies:
-                if isinstance(reply, ResponseError):
-                    raise reply
-        return replies
+        return [ResponseError(str(reply)) if isinstance(reply, hiredis.ReplyError) else reply for reply in raw]
 
     async def _send(self, payload: bytes, replies: int) -> list[Any]:
         protocol = self._protocol
