@@ -187,8 +187,10 @@ class CassandraClient:
     async def execute_batch(
         self, statements: Sequence[tuple[str, Sequence[Any]]], timeout_s: float | None = None
     ) -> None:
-        """Write several statements as one UNLOGGED batch (meant for rows of one partition, which
-        Cassandra applies as a single mutation)."""
+        """Write several statements as one UNLOGGED batch: rows of one partition, which Cassandra
+        applies as a single mutation, or a few small rows of several partitions written together
+        only to pay one statement's fixed cost (messaging's grouped send outcomes; a cluster's
+        batch warn thresholds must allow them, see README "Messaging")."""
         batch = BatchStatement(batch_type=BatchType.UNLOGGED)
         conditional = False
         for cql, parameters in statements:
