@@ -110,6 +110,12 @@ class CommonSettings(TracingSettings):
     event_loop: str = setting(
         "RAPPORT_EVENT_LOOP", "uvloop", "uvloop (libuv, faster I/O) or asyncio (the standard library's loop)."
     )
+    gc_young_objects: int = setting(
+        "RAPPORT_GC_YOUNG_OBJECTS",
+        50_000,
+        "Objects the garbage collector lets pile up before a young-generation pass; each pass pauses "
+        "the process about 0.6 µs per object (latency-bound services take a small value).",
+    )
     access_log: bool = setting("RAPPORT_ACCESS_LOG", False, "Log every RPC, not only errors and slow ones.")
     slow_rpc_ms: float = setting("RAPPORT_SLOW_RPC_MS", 250.0, "RPCs slower than this are logged.")
     default_deadline_ms: float = setting(
@@ -159,6 +165,8 @@ class CommonSettings(TracingSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.gc_young_objects < 100:
+            raise SettingsError(f"RAPPORT_GC_YOUNG_OBJECTS={self.gc_young_objects}: expected at least 100")
         if self.tls_cert_file and not self.tls_key_file:
             raise SettingsError("RAPPORT_TLS_CERT_FILE is set: its private key goes in RAPPORT_TLS_KEY_FILE")
         # A client CA without a certificate would serve plaintext to everyone, the opposite of its intent.
