@@ -99,27 +99,40 @@ class RuleCatalog:
         self._store = store
         self._rules: dict[TriggerKind, TriggerRule] = dict(DEFAULT_RULES)
         self._loaded_at = 0.0
+        # Every send asks for the rules: when they go stale, the sends in flight (64 per replica)
+        # would each read them again from Cassandra. One reads; the others wait for its answer.
+        self._loading = asyncio.Lock()
 
     @property
     def book(self) -> RuleBook:
         return self._rules
 
     async def refresh(self, force: bool = False) -> RuleBook:
-        if force or time.monotonic() - self._loaded_at > RULES_REFRESH_S:
-            rules = dict(DEFAULT_RULES)
-            for stored in await self._store.rules():
-                kind = TriggerKind.__members__.get(stored.kind)
-                if kind is None:
-                    continue
-                rules[kind] = replace(
-                    DEFAULT_RULES[kind],
-                    enabled=stored.enabled,
-                    delay_ms=stored.delay_ms,
-                    channels=tuple(Channel[name] for name in stored.channels) or DEFAULT_RULES[kind].channels,
-                )
-            self._rules = rules
-            self._loaded_at = time.monotonic()
+        if not force and not self._stale:
+            return self._rules
+        async with self._loading:
+            if force or self._stale:  # not read meanwhile by the call this one waited for
+                await self._load()
         return self._rules
+
+    @property
+    def _stale(self) -> bool:
+        return time.monotonic() - self._loaded_at > RULES_REFRESH_S
+
+    async def _load(self) -> None:
+        rules = dict(DEFAULT_RULES)
+        for stored in await self._store.rules():
+            kind = TriggerKind.__members__.get(stored.kind)
+            if kind is None:
+                continue
+            rules[kind] = replace(
+                DEFAULT_RULES[kind],
+                enabled=stored.enabled,
+                delay_ms=stored.delay_ms,
+                channels=tuple(Channel[name] for name in stored.channels) or DEFAULT_RULES[kind].channels,
+            )
+        self._rules = rules
+        self._loaded_at = time.monotonic()
 
     async def update(self, rule: TriggerRule) -> TriggerRule:
         await self._store.save_rule(

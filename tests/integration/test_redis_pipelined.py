@@ -12,7 +12,7 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from services.common.redis import PipelinedConnection, RedisClient
+from services.common.redis import PipelinedConnection, RedisClient, pack_command
 from tests.support import REDIS_URL
 
 
@@ -126,3 +126,33 @@ async def test_the_database_of_the_url_is_selected(client: RedisClient) -> None:
     finally:
         await other_db.execute("DEL", key)
         other_db.close()
+
+
+async def test_coalesced_commands_of_one_turn_leave_in_one_write_and_in_order(client: RedisClient) -> None:
+    pipelined = PipelinedConnection(REDIS_URL, client.metrics, coalesce_writes=True)
+    await pipelined.open()
+    protocol = pipelined._protocol  # the socket's writes are what is counted
+    assert protocol is not None and protocol.transport is not None
+    transport = protocol.transport
+    writes: list[bytes] = []
+    write = transport.write
+
+    def counted(data: bytes | bytearray | memoryview) -> None:
+        writes.append(bytes(data))
+        write(data)
+
+    transport.write = counted  # type: ignore[method-assign]
+    key = f"{client.prefix}turn"
+    try:
+        setting = asyncio.ensure_future(pipelined.execute("SET", key, "set in this turn"))
+        await asyncio.sleep(0)  # the SET is sent, not yet written
+        # A write that cannot wait goes at once, after what the turn sent before it.
+        now = pipelined.write_now(pack_command(("GET", key)), "GET")
+        later = [asyncio.ensure_future(pipelined.execute("INCR", key + ":n")) for _ in range(20)]
+        assert await setting == "OK" and await now == "set in this turn"
+        assert await asyncio.gather(*later) == list(range(1, 21))
+    finally:
+        transport.write = write  # type: ignore[method-assign]
+        pipelined.close()
+    assert len(writes) == 2  # the SET with the GET, then the twenty INCRs together
+    assert writes[0].index(b"SET") < writes[0].index(b"GET")

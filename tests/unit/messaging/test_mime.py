@@ -3,19 +3,31 @@ client would: headers decoded, both alternatives intact, lines within SMTP's lim
 
 from __future__ import annotations
 
+import time
 from email import message_from_bytes, policy
 from email.message import EmailMessage
+from email.utils import formatdate, mktime_tz, parsedate_tz
 
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from services.messaging.domain.mime import OutgoingEmail, compose_email, header_value
+from services.messaging.domain.mime import (
+    OutgoingEmail,
+    QuotedPrintable,
+    compose_email,
+    date_header,
+    header_value,
+    quoted_printable_piece,
+)
 
 UNSUBSCRIBE = "https://shop.example/u/" + "t" * 180
 
 
 def compose(
-    subject: str = "Your cart", text: str = "Hello", html: str = "<p>Hello</p>", name: str = "Maison"
+    subject: str = "Your cart",
+    text: str | QuotedPrintable = "Hello",
+    html: str | QuotedPrintable = "<p>Hello</p>",
+    name: str = "Maison",
 ) -> OutgoingEmail:
     return compose_email(
         from_name=name,
@@ -101,3 +113,34 @@ def test_any_subject_and_text_read_back(subject: str, text: str) -> None:
     plain, _ = bodies(message)
     expected = text.replace("\r\n", "\n").replace("\r", "\n")
     assert plain.replace("\r\n", "\n").rstrip("\n") == expected.rstrip("\n")
+
+
+def test_the_date_header_is_the_standard_spelling_of_its_second() -> None:
+    assert date_header(1_795_000_000.9) == formatdate(1_795_000_000, localtime=False)
+    assert date_header(1_795_000_001.2) == formatdate(1_795_000_001, localtime=False)
+    now = parsedate_tz(date_header())
+    assert now is not None and abs(mktime_tz(now) - time.time()) < 2
+
+
+@settings(deadline=None, max_examples=300)  # the parser's time varies with the machine's load
+@example(
+    text_pieces=["000000\x1f\x80\x80\x80\x80\x80\U00010000\U00010000\U00010000" + "0"], html_pieces=[]
+)  # a full last line
+@given(
+    text_pieces=st.lists(st.text(max_size=300), max_size=8),
+    html_pieces=st.lists(
+        st.sampled_from(['<a href="', "https://t.example/c/" + "A" * 160, '">', "é €\n", " ", "=", ""])
+    ),
+)
+def test_bodies_encoded_in_pieces_read_back_as_the_pieces_joined(
+    text_pieces: list[str], html_pieces: list[str]
+) -> None:
+    text = QuotedPrintable("".join(map(quoted_printable_piece, text_pieces)))
+    html = QuotedPrintable("".join(map(quoted_printable_piece, html_pieces)))
+    data = compose(text=text, html=html).data
+    body_lines = data.split(b"\r\n\r\n", 1)[1].split(b"\r\n")
+    assert all(len(line) <= 76 for line in body_lines)
+    plain, rich = bodies(parsed(data))
+    expected = "".join(text_pieces).replace("\r\n", "\n").replace("\r", "\n")
+    assert plain.replace("\r\n", "\n").rstrip("\n") == expected.rstrip("\n")
+    assert rich.replace("\r\n", "\n").rstrip("\n") == "".join(html_pieces).rstrip("\n")

@@ -3,6 +3,7 @@ escaping, tracked links, unsubscribe link, open pixel, and the FCM v1 shape."""
 
 from __future__ import annotations
 
+import quopri
 from decimal import Decimal
 
 import jinja2
@@ -11,6 +12,7 @@ import pytest
 
 from services.messaging.domain.templates import (
     EmailContent,
+    EmailRenderer,
     RecommendedProduct,
     RenderedEmail,
     Shop,
@@ -193,6 +195,73 @@ def test_french_puts_a_no_break_space_before_colons_in_the_text_body() -> None:
 def test_a_missing_variable_is_an_error_not_an_empty_string() -> None:
     with pytest.raises(jinja2.UndefinedError):
         ENVIRONMENT.get_template("email.txt").render({"heading": "Hi"})
+
+
+# ------------------------------------------------------------------- rendering from layouts
+HOSTILE = RecommendedProduct(
+    "p3", '<b>"Tom & Jerry\'s"</b>', 10, "USD", "https://shop.example/p3", "https://i.example/?a=1&b=2"
+)
+
+
+@pytest.mark.parametrize("kind", list(TriggerKind))
+@pytest.mark.parametrize("language", ["en", "fr", "de"])
+@pytest.mark.parametrize(
+    "products", [PRODUCTS, (), (HOSTILE,), (PRODUCTS[1], HOSTILE, PRODUCTS[0])], ids=["two", "none", "hostile", "three"]
+)
+def test_the_renderer_gives_the_bytes_jinja_gives(
+    kind: TriggerKind, language: str, products: tuple[RecommendedProduct, ...]
+) -> None:
+    renderer = EmailRenderer(ENVIRONMENT)
+    shop = Shop("A & B <Lune>", "https://shop.example")
+    for person in ("first", "second"):  # the second is filled in from the first one's layout
+        email = content(
+            kind, language, products=products, shop=shop, unsubscribe_url=f"https://m.example/u/{person}?x=1&y=2"
+        )
+
+        def track(index: int, url: str, person: str = person) -> str:
+            return f"https://t.example/c/{person}/{index}?to={url}&n=1"
+
+        rendered = renderer.render(email, track)
+        assert rendered == render_email(ENVIRONMENT, email, track)
+        # The bodies encoded for MIME from the layout's encoded pieces decode to the same text.
+        assert rendered.html_encoded is not None and rendered.text_encoded is not None
+        for encoded, decoded in ((rendered.html_encoded, rendered.html), (rendered.text_encoded, rendered.text)):
+            assert all(len(line) <= 76 for line in encoded.encoded.split("\r\n"))
+            assert quopri.decodestring(encoded.encoded.encode()).replace(b"\r\n", b"\n") == decoded.encode()
+    assert renderer.layouts_rendered == 1
+
+
+def test_the_renderer_renders_a_layout_once_per_kind_language_and_shape() -> None:
+    renderer = EmailRenderer(ENVIRONMENT)
+    for _ in range(3):
+        renderer.render(content(TriggerKind.WELCOME, "en"), tracked)
+        renderer.render(content(TriggerKind.WELCOME, "fr"), tracked)
+        renderer.render(content(TriggerKind.WELCOME, "en", products=PRODUCTS[1:]), tracked)
+    assert renderer.layouts_rendered == 3
+
+
+def test_the_renderer_keeps_a_bounded_number_of_layouts() -> None:
+    renderer = EmailRenderer(ENVIRONMENT, max_layouts=2)
+    for category in ("Shoes", "Bags", "Hats", "Shoes"):
+        email = renderer.render(content(TriggerKind.NEW_ARRIVALS, category=category), tracked)
+        assert email.subject == f"New in {category}"
+    assert renderer.layouts_rendered == 4  # Shoes was pushed out by Hats
+
+
+def test_a_template_that_transforms_a_personal_value_is_rendered_by_jinja_every_time() -> None:
+    environment = create_environment()
+    source = environment.loader.get_source(environment, "email.html")[0]  # type: ignore[union-attr]
+    loader = jinja2.DictLoader(
+        {
+            "email.html": source.replace("{{ product.title }}", "{{ product.title|upper }}"),
+            "email.txt": environment.loader.get_source(environment, "email.txt")[0],  # type: ignore[union-attr]
+        }
+    )
+    environment.loader = loader
+    renderer = EmailRenderer(environment)
+    email = renderer.render(content(), tracked)
+    assert email == render_email(environment, content(), tracked)
+    assert "MERINO SWEATER" in email.html
 
 
 # --------------------------------------------------------------------------------------- push
