@@ -4,7 +4,8 @@ throughput of Decide and of the no-op health Check of the same server.
 
 Last line: rps=… p50_ms=… p99_ms=… floor_ratio=…  (floor_ratio = Decide max / Check max)
 Environment: BENCH_RPS (1000), BENCH_SECONDS (15), BENCH_VISITORS (500), BENCH_CONCURRENCY (32
-ghz workers in all), BENCH_DECISION_REPLICAS (2 decision processes, one per core).
+ghz workers in all), BENCH_DECISION_REPLICAS (2 decision processes, one per core),
+BENCH_PIN_REPLICAS (1: each replica pinned to a core of its own, RAPPORT_CPU_AFFINITY; 0: not).
 
 Calls are spread evenly over the replicas, as a gRPC client's round_robin policy spreads them over
 a Deployment's pods: one ghz per replica, each at its share of the rate, and the percentiles are
@@ -67,6 +68,15 @@ def varint(value: int) -> bytes:
     return bytes(out)
 
 
+def replica_cpus(replicas: int, cores: int, pin: bool) -> list[str]:
+    """Each decision replica's RAPPORT_CPU_AFFINITY: a core of its own, as a Deployment's pods get
+    with Kubernetes' static CPU manager, when there are as many cores as replicas and `pin`;
+    else empty (wherever the kernel schedules them)."""
+    if pin and replicas <= cores:
+        return [str(index) for index in range(replicas)]
+    return [""] * replicas
+
+
 def wait_ready(call: object, servers: list[ServiceProcess]) -> None:
     deadline = time.monotonic() + 120
     while True:
@@ -112,7 +122,8 @@ def main() -> None:
             "RAPPORT_PROFILE_API_KEY": key,
             "RAPPORT_DECISION_SECRET": secrets.token_hex(16),
         }
-        deciders = [start_service("decision", decision_env) for _ in range(replica_count)]
+        pinning = replica_cpus(replica_count, os.cpu_count() or 1, os.environ.get("BENCH_PIN_REPLICAS", "1") != "0")
+        deciders = [start_service("decision", {**decision_env, "RAPPORT_CPU_AFFINITY": cpus}) for cpus in pinning]
         first = deciders[0]
         servers += deciders
         for decider in deciders:
@@ -240,7 +251,15 @@ def main() -> None:
             metadata=metadata,
             timeout=5,
         )
-        print(f"warm visitors {len(person_ids)}, catalog {PRODUCTS} products, {replica_count} decision replicas")
+        placement = (
+            "each on a core of its own (CPUs " + ", ".join(pinning) + ")"
+            if all(pinning)
+            else "not pinned (BENCH_PIN_REPLICAS=0 or more replicas than cores)"
+        )
+        print(
+            f"warm visitors {len(person_ids)}, catalog {PRODUCTS} products, "
+            f"{replica_count} decision replicas, {placement}"
+        )
         print(
             f"sample answer: situation={pb.Situation.Name(sample.situation)} "
             f"items={len(sample.items)} degraded={sample.degraded}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from services.common.interceptors import InterceptorConfig, RapportServerInterce
 from services.common.logging import configure_logging
 from services.common.metrics import MetricGroup
 from services.common.redis import RedisClient
-from services.common.settings import CommonSettings, SettingsError, SettingsT, load_settings
+from services.common.settings import CommonSettings, SettingsError, SettingsT, cpu_list, load_settings
 from services.common.tracing import configure_tracing, rpc_tracing, shutdown_tracing
 
 log = structlog.get_logger("rapport.server")
@@ -274,8 +275,29 @@ def run_service(settings_type: type[SettingsT], build: Callable[[SettingsT], Awa
     settings = load_settings(settings_type)
     assert isinstance(settings, CommonSettings)
     configure_logging(settings.service_name, settings.log_level)
+    if settings.cpu_affinity:
+        pin_to_cpus(cpu_list(settings.cpu_affinity))
     with asyncio.Runner(loop_factory=event_loop_factory(settings.event_loop)) as runner:
         runner.run(serve(settings, build))  # type: ignore[arg-type]
+
+
+def pin_to_cpus(cpus: frozenset[int]) -> None:
+    """Keeps every thread of this process, and those it starts later, on `cpus`.
+
+    Linux sets affinity per thread, and a new thread inherits its creator's: each thread that
+    exists now is moved (grpc and the Cassandra driver start theirs later, from these)."""
+    try:
+        threads = [int(tid) for tid in os.listdir("/proc/self/task")]
+    except OSError:
+        threads = [0]  # the calling thread
+    for thread in threads:
+        try:
+            os.sched_setaffinity(thread, cpus)
+        except ProcessLookupError:  # ended meanwhile
+            continue
+        except OSError as error:
+            raise SettingsError(f"RAPPORT_CPU_AFFINITY: cannot run on CPUs {sorted(cpus)}: {error}") from error
+    log.info("pinned", cpus=sorted(cpus))
 
 
 def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
