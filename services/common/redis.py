@@ -190,13 +190,10 @@ class _ReplyProtocol(asyncio.Protocol):
     def send(self, payload: bytes, replies: int) -> list[asyncio.Future[Any]]:
         if not self._coalesce:
             return self.send_now(payload, replies)
-        loop = asyncio.get_running_loop()
         if not self._unsent:
-            loop.call_soon(self._flush)
+            asyncio.get_running_loop().call_soon(self._flush)
         self._unsent.append(payload)
-        waiters = [loop.create_future() for _ in range(replies)]
-        self._waiting.extend(waiters)
-        return waiters
+        return self._wait_for(replies)
 
     def send_now(self, payload: bytes, replies: int) -> list[asyncio.Future[Any]]:
         """Writes the payload in this step, after what this turn sent before it (replies come in
@@ -209,6 +206,10 @@ class _ReplyProtocol(asyncio.Protocol):
         # Written first: no reply can be read before control returns to the event loop, and a
         # caller timing the write (`write_now`) has nothing run before it.
         self.transport.write(payload)
+        return self._wait_for(replies)
+
+    def _wait_for(self, replies: int) -> list[asyncio.Future[Any]]:
+        """Futures for the next `replies` replies, queued after those already awaited."""
         loop = asyncio.get_running_loop()
         waiters = [loop.create_future() for _ in range(replies)]
         self._waiting.extend(waiters)
@@ -263,9 +264,8 @@ class PipelinedConnection:
         self._metrics = metrics
         self._spans = tracing.span_export()
         # One write per event-loop turn for all its commands (see _ReplyProtocol): fewer system
-        # calls for a throughput path, a wait until the end of the turn for a latency path. Read
-        # at each (re)connection.
-        self.coalesce_writes = coalesce_writes
+        # calls for a throughput path, a wait until the end of the turn for a latency path.
+        self._coalesce_writes = coalesce_writes
         self._protocol: _ReplyProtocol | None = None
         self._connecting: asyncio.Lock | None = None
         self.connections_opened = 0
@@ -370,7 +370,7 @@ class PipelinedConnection:
                 async with asyncio.timeout(self._connect_timeout_s):
 
                     def made() -> _ReplyProtocol:
-                        return _ReplyProtocol(self.coalesce_writes)
+                        return _ReplyProtocol(self._coalesce_writes)
 
                     if self._unix_path:
                         _, protocol = await loop.create_unix_connection(made, str(self._unix_path))
@@ -420,7 +420,9 @@ class PipelinedScript:
 class RedisClient:
     name = "redis"
 
-    def __init__(self, url: str, prefix: str, max_connections: int = 64) -> None:
+    def __init__(
+        self, url: str, prefix: str, max_connections: int = 64, coalesce_pipelined_writes: bool = False
+    ) -> None:
         self.prefix = prefix
         self.metrics = RedisMetrics()
         spans = tracing.span_export()
@@ -442,8 +444,8 @@ class RedisClient:
             client.spans = spans
         self.redis: aioredis.Redis = client
         # The hot paths' commands and scripts (decision's profile read and write-behind, messaging's
-        # send pipeline).
-        self.pipelined = PipelinedConnection(url, self.metrics)
+        # send pipeline); `coalesce_pipelined_writes` for a throughput path (PipelinedConnection).
+        self.pipelined = PipelinedConnection(url, self.metrics, coalesce_writes=coalesce_pipelined_writes)
 
     async def ping(self, timeout_s: float) -> None:
         await asyncio.wait_for(self.redis.ping(), timeout_s)

@@ -310,11 +310,16 @@ def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
     raise SettingsError(f"RAPPORT_EVENT_LOOP: unknown event loop {name!r} (uvloop or asyncio)")
 
 
-async def open_stores(settings: CommonSettings, schema_file: Path) -> tuple[CassandraClient, RedisClient]:
-    """The service's Cassandra keyspace (schema applied if asked) and Redis, from the shared settings."""
+async def open_stores(
+    settings: CommonSettings, schema_file: Path, coalesce_pipelined_writes: bool = False
+) -> tuple[CassandraClient, RedisClient]:
+    """The service's Cassandra keyspace (schema applied if asked) and Redis, from the shared settings
+    (`coalesce_pipelined_writes`: see RedisClient)."""
     schema_cql = await asyncio.to_thread(schema_file.read_text) if settings.apply_schema else None
     cassandra = await open_service_keyspace(settings, schema_cql)
-    return cassandra, RedisClient(settings.redis_url, settings.redis_prefix)
+    return cassandra, RedisClient(
+        settings.redis_url, settings.redis_prefix, coalesce_pipelined_writes=coalesce_pipelined_writes
+    )
 
 
 async def cancel_tasks(tasks: Sequence[asyncio.Task[Any]]) -> None:
