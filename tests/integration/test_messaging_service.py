@@ -317,103 +317,104 @@ class RecordingCassandra:
         await self.db.execute_batch(statements, **options)
 
 
-async def test_contact_and_consent_live_in_one_row_that_a_send_reads_in_one_statement(
-    messaging: MessagingHarness,
-) -> None:
+@pytest.fixture
+async def recorded_store(messaging: MessagingHarness) -> AsyncIterator[tuple[MessagingStore, RecordingCassandra]]:
+    """A store on messaging's keyspace whose statements are recorded."""
     db = await open_service_keyspace(messaging.settings, None)
     recording = RecordingCassandra(db)
-    store = MessagingStore(cast(CassandraClient, recording))
-    selector = pb.PersonSelector(identifier=cookie(f"msg-row-{uuid.uuid4().hex[:8]}"))
     try:
-        # Consent may come before any contact, and each write leaves what the others wrote.
-        granted = await messaging.call(
-            "SetConsent",
-            pb.SetConsentRequest(person=selector, channel=pb.CHANNEL_EMAIL, state=pb.CONSENT_STATE_GRANTED),
-        )
-        person_id = str(granted.person_id)
-        first = await store.contact(person_id)
-        assert first.contact == Contact(person_id)
-        assert {channel: state for channel, (state, _) in first.consents.items()} == {"EMAIL": "GRANTED"}
-        email = f"row-{uuid.uuid4().hex[:8]}@example.com"
-        await messaging.call("SetContact", pb.SetContactRequest(person=selector, email=email, country="FR"))
-        await messaging.call(
-            "SetConsent", pb.SetConsentRequest(person=selector, channel=pb.CHANNEL_PUSH, state=pb.CONSENT_STATE_DENIED)
-        )
-        await messaging.call("SetContact", pb.SetContactRequest(person=selector, language="fr"))
-
-        recording.statements.clear()
-        card = await store.contact(person_id)
-
-        assert len(recording.statements) == 1
-        assert card.contact == Contact(person_id, email=email, language="fr", country="FR")
-        assert {channel: state for channel, (state, _) in card.consents.items()} == {
-            "EMAIL": "GRANTED",
-            "PUSH": "DENIED",
-        }
-        assert card.consents["EMAIL"][1] == first.consents["EMAIL"][1] > 0  # the time it was given, kept
-        reply = await messaging.call("GetConsent", pb.GetConsentRequest(person=pb.PersonSelector(person_id=person_id)))
-        assert {c.channel: c.state for c in reply.consents} == {
-            pb.CHANNEL_EMAIL: pb.CONSENT_STATE_GRANTED,
-            pb.CHANNEL_PUSH: pb.CONSENT_STATE_DENIED,
-            pb.CHANNEL_RETARGETING: pb.CONSENT_STATE_UNSPECIFIED,
-        }
-        never_seen = f"never-seen-{uuid.uuid4().hex}"
-        assert await store.contact(never_seen) == ContactCard(Contact(never_seen), {})
+        yield MessagingStore(cast(CassandraClient, recording)), recording
     finally:
         await db.close()
+
+
+async def test_contact_and_consent_live_in_one_row_that_a_send_reads_in_one_statement(
+    messaging: MessagingHarness, recorded_store: tuple[MessagingStore, RecordingCassandra]
+) -> None:
+    store, recording = recorded_store
+    selector = pb.PersonSelector(identifier=cookie(f"msg-row-{uuid.uuid4().hex[:8]}"))
+    # Consent may come before any contact, and each write leaves what the others wrote.
+    granted = await messaging.call(
+        "SetConsent",
+        pb.SetConsentRequest(person=selector, channel=pb.CHANNEL_EMAIL, state=pb.CONSENT_STATE_GRANTED),
+    )
+    person_id = str(granted.person_id)
+    first = await store.contact(person_id)
+    assert first.contact == Contact(person_id)
+    assert {channel: state for channel, (state, _) in first.consents.items()} == {"EMAIL": "GRANTED"}
+    email = f"row-{uuid.uuid4().hex[:8]}@example.com"
+    await messaging.call("SetContact", pb.SetContactRequest(person=selector, email=email, country="FR"))
+    await messaging.call(
+        "SetConsent", pb.SetConsentRequest(person=selector, channel=pb.CHANNEL_PUSH, state=pb.CONSENT_STATE_DENIED)
+    )
+    await messaging.call("SetContact", pb.SetContactRequest(person=selector, language="fr"))
+
+    recording.statements.clear()
+    card = await store.contact(person_id)
+
+    assert len(recording.statements) == 1
+    assert card.contact == Contact(person_id, email=email, language="fr", country="FR")
+    assert {channel: state for channel, (state, _) in card.consents.items()} == {
+        "EMAIL": "GRANTED",
+        "PUSH": "DENIED",
+    }
+    assert card.consents["EMAIL"][1] == first.consents["EMAIL"][1] > 0  # the time it was given, kept
+    reply = await messaging.call("GetConsent", pb.GetConsentRequest(person=pb.PersonSelector(person_id=person_id)))
+    assert {c.channel: c.state for c in reply.consents} == {
+        pb.CHANNEL_EMAIL: pb.CONSENT_STATE_GRANTED,
+        pb.CHANNEL_PUSH: pb.CONSENT_STATE_DENIED,
+        pb.CHANNEL_RETARGETING: pb.CONSENT_STATE_UNSPECIFIED,
+    }
+    never_seen = f"never-seen-{uuid.uuid4().hex}"
+    assert await store.contact(never_seen) == ContactCard(Contact(never_seen), {})
 
 
 async def test_the_reads_and_writes_of_concurrent_sends_share_statements_and_each_gets_its_own(
-    messaging: MessagingHarness,
+    recorded_store: tuple[MessagingStore, RecordingCassandra],
 ) -> None:
-    db = await open_service_keyspace(messaging.settings, None)
-    recording = RecordingCassandra(db)
-    store = MessagingStore(cast(CassandraClient, recording))
+    store, recording = recorded_store
     run = uuid.uuid4().hex[:8]
     people = [f"group-{run}-{index}" for index in range(20)]
-    try:
-        for index, person in enumerate(people[:10]):  # the other ten were never seen
-            await store.set_contact(Contact(person, email=f"{index}@example.com"), now_ms())
-            await store.set_consent(person, "EMAIL", "GRANTED" if index % 2 else "DENIED", now_ms())
-        recording.statements.clear()
+    for index, person in enumerate(people[:10]):  # the other ten were never seen
+        await store.set_contact(Contact(person, email=f"{index}@example.com"), now_ms())
+        await store.set_consent(person, "EMAIL", "GRANTED" if index % 2 else "DENIED", now_ms())
+    recording.statements.clear()
 
-        cards = await asyncio.gather(*(store.contact(person) for person in people))
+    cards = await asyncio.gather(*(store.contact(person) for person in people))
 
-        assert [card.contact.email for card in cards] == [f"{index}@example.com" for index in range(10)] + [""] * 10
-        assert [card.consents.get("EMAIL", ("", 0))[0] for card in cards[:4]] == ["DENIED", "GRANTED"] * 2
-        assert all(
-            card.consents == {} and card.contact == Contact(person)
-            for card, person in zip(cards[10:], people[10:], strict=True)
+    assert [card.contact.email for card in cards] == [f"{index}@example.com" for index in range(10)] + [""] * 10
+    assert [card.consents.get("EMAIL", ("", 0))[0] for card in cards[:4]] == ["DENIED", "GRANTED"] * 2
+    assert all(
+        card.consents == {} and card.contact == Contact(person)
+        for card, person in zip(cards[10:], people[10:], strict=True)
+    )
+    # The first read goes alone; the nineteen asked while it was in flight, in (at most 16) more.
+    assert 2 <= len(recording.statements) <= 3 < len(people)
+
+    outcomes = [
+        Delivery(
+            delivery_id=f"d_{run}{index:04d}",
+            person_id=person,
+            kind="WELCOME",
+            channel="EMAIL",
+            status=DeliveryStatus.DEAD if index == 3 else DeliveryStatus.SENT,
+            idempotency_key=f"WELCOME:{run}{index}",
+            created_at_ms=now_ms(),
+            due_at_ms=now_ms(),
+            sent_at_ms=now_ms(),
         )
-        # The first read goes alone; the nineteen asked while it was in flight, in (at most 16) more.
-        assert 2 <= len(recording.statements) <= 3 < len(people)
+        for index, person in enumerate(people)
+    ]
+    recording.statements.clear()
 
-        outcomes = [
-            Delivery(
-                delivery_id=f"d_{run}{index:04d}",
-                person_id=person,
-                kind="WELCOME",
-                channel="EMAIL",
-                status=DeliveryStatus.DEAD if index == 3 else DeliveryStatus.SENT,
-                idempotency_key=f"WELCOME:{run}{index}",
-                created_at_ms=now_ms(),
-                due_at_ms=now_ms(),
-                sent_at_ms=now_ms(),
-            )
-            for index, person in enumerate(people)
-        ]
-        recording.statements.clear()
+    await asyncio.gather(*(store.save_outcome(outcome) for outcome in outcomes))
 
-        await asyncio.gather(*(store.save_outcome(outcome) for outcome in outcomes))
-
-        batches = recording.statements
-        assert 2 <= len(batches) <= 3 and all(isinstance(batch, list) for batch in batches)
-        assert sum(len(batch) for batch in batches) == len(outcomes) + 1  # and the dead letter
-        for outcome in outcomes:
-            assert await store.delivery(outcome.delivery_id) == outcome
-        assert outcomes[3].delivery_id in [dead.delivery_id for dead in await store.dead_letters(1000)]
-    finally:
-        await db.close()
+    batches = recording.statements
+    assert 2 <= len(batches) <= 3 and all(isinstance(batch, list) for batch in batches)
+    assert sum(len(batch) for batch in batches) == len(outcomes) + 1  # and the dead letter
+    for outcome in outcomes:
+        assert await store.delivery(outcome.delivery_id) == outcome
+    assert outcomes[3].delivery_id in [dead.delivery_id for dead in await store.dead_letters(1000)]
 
 
 async def test_a_keyspace_of_the_previous_schema_keeps_its_contacts_and_consents(
